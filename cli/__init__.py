@@ -1,0 +1,1 @@
+"""Command-line front end of gradscore (installed as the ``gradscore_cli`` package)."""

@@ -1,0 +1,188 @@
+"""``gradscore``: a thin click layer over the gradscore library (no maths here)."""
+
+import json
+import sys
+import warnings
+
+import click
+
+import gradscore
+from gradscore import neighbors as nb
+from gradscore.errors import GradscoreError
+from gradscore.gradients import GRADIENTS
+from gradscore.pipeline import DENSE_MAX, METHODS
+
+#: Classes listed one per line in the human summary; beyond this, the ones
+#: with most drops.
+SUMMARY_CLASSES = 30
+
+
+def _fail(message):
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+class _Errors:
+    """Turn library errors into ``Error: ...`` and exit 1 (no traceback)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return False
+        if issubclass(exc_type, GradscoreError):
+            _fail(str(exc))
+        if issubclass(exc_type, OSError):
+            _fail(f"{getattr(exc, 'filename', '') or ''} {exc.strerror or exc}".strip())
+        return False
+
+
+def _show_warnings(quiet):
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not quiet:
+            click.echo(f"Warning: {message}", err=True)
+    warnings.showwarning = show
+    warnings.simplefilter("always", gradscore.GradscoreWarning)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(gradscore.__version__, prog_name="gradscore")
+def main():
+    """Find likely poisoned training examples by their isolation in the
+    last-layer gradient space of their class, and write keep-lists.
+
+    \b
+    Example:
+      gradscore inspect epoch_05.h5
+      gradscore score epoch_05.h5            # writes epoch_05.keep.txt
+    """
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Keep-list to write: .txt (one id per line), .npy or .json "
+                   "(with provenance). Default: beside the first input, <stem>.keep.txt.")
+@click.option("--scores", "scores_path", type=click.Path(dir_okay=False),
+              help="Also write the per-example table (.csv or .h5): id, label, "
+                   "score (higher = denser), cluster_size, decision.")
+@click.option("--method", type=click.Choice(METHODS), default="epic", show_default=True,
+              help="epic: drop examples left in tiny facility-location clusters "
+                   "(the paper's rule). knn-density: drop the least dense.")
+@click.option("--gradient", type=click.Choice(GRADIENTS), default="logits", show_default=True,
+              help="logits: softmax(z) - onehot(y). last-layer: the full final-layer "
+                   "weight and bias gradient (needs 'features').")
+@click.option("--fraction", type=float, default=0.2, show_default=True,
+              help="epic: medoids per class as a fraction of its size.")
+@click.option("--cluster-threshold", type=int, default=1, show_default=True,
+              help="epic: drop examples in clusters of at most this size.")
+@click.option("-k", "--k", "k", type=int, default=20, show_default=True,
+              help="Neighbours per example (density score and epic's graph).")
+@click.option("--drop-fraction", type=float, default=None,
+              help="knn-density: drop this fraction of each class, least dense first "
+                   "(default: a robust threshold, see --z-threshold).")
+@click.option("--z-threshold", type=float, default=3.0, show_default=True,
+              help="knn-density: drop scores below median - z * 1.4826 * MAD.")
+@click.option("--max-drop-fraction", type=float, default=0.5, show_default=True,
+              help="Never drop more than this fraction of a class in one run.")
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+              help="Label smoothing used in training (changes the gradient's target).")
+@click.option("--neighbors", type=click.Choice(nb.backend_names()), default="auto",
+              show_default=True, help="Neighbour search backend.")
+@click.option("--dense-max", type=int, default=DENSE_MAX, show_default=True,
+              help="epic: classes up to this size use the exact dense kernel; "
+                   "larger ones the k-NN graph.")
+@click.option("--previous", type=click.Path(dir_okay=False),
+              help="Keep-list of an earlier epoch: drops are cumulative.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for randomised neighbour search.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a machine-readable summary on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings or summary.")
+def score(files, output, scores_path, method, gradient, fraction, cluster_threshold, k,
+          drop_fraction, z_threshold, max_drop_fraction, label_smoothing, neighbors,
+          dense_max, previous, seed, as_json, quiet):
+    """Score one epoch's export FILES (or its shards) and write a keep-list.
+
+    \b
+    Examples:
+      gradscore score epoch_05.h5
+      gradscore score shard-*.h5 -o epoch_05.keep.json --scores scores.csv
+      gradscore score epoch_10.h5 --previous epoch_05.keep.txt
+      gradscore score epoch_05.h5 --method knn-density --drop-fraction 0.05 --json
+    """
+    _show_warnings(quiet)
+    with _Errors():
+        result, epoch, out = gradscore.score_files(
+            list(files), output=output, scores_path=scores_path, previous=previous,
+            progress=not quiet, method=method, gradient=gradient, fraction=fraction,
+            cluster_threshold=cluster_threshold, k=k, drop_fraction=drop_fraction,
+            z_threshold=z_threshold, max_drop_fraction=max_drop_fraction,
+            label_smoothing=label_smoothing, neighbors=neighbors, dense_max=dense_max,
+            random_state=seed)
+    summary = result.summary()
+    summary["output"] = out
+    summary["scores"] = scores_path
+    summary["inputs"] = epoch.sources
+    if as_json:
+        click.echo(json.dumps(summary, indent=1, sort_keys=True))
+    elif not quiet:
+        _print_summary(result, summary, out)
+
+
+def _print_summary(result, summary, out):
+    p = result.params
+    click.echo(f"gradscore {gradscore.__version__}: method={p['method']} "
+               f"gradient={p['gradient']}, {summary['n']} examples, "
+               f"{len(result.classes)} classes")
+    rows = result.classes
+    shown = rows if len(rows) <= SUMMARY_CLASSES else \
+        sorted(rows, key=lambda c: (-c.dropped, c.label))[:10]
+    click.echo(f"{'class':>6} {'n':>8} {'scored':>8} {'dropped':>8} {'k':>4}  "
+               f"{'neighbours':<10} cap")
+    for c in shown:
+        click.echo(f"{c.label:>6} {c.n:>8} {c.n_scored:>8} {c.dropped:>8} {c.k_used:>4}  "
+                   f"{c.neighbors:<10} {'HIT' if c.cap_hit else ''}")
+    if len(shown) < len(rows):
+        click.echo(f"... {len(rows) - len(shown)} more classes (--json lists all)")
+    capped = summary["cap_hit_classes"]
+    if capped:
+        click.echo(f"max-drop-fraction cap bit in {len(capped)} class(es): "
+                   f"{', '.join(map(str, capped[:10]))}")
+    click.echo(f"kept {summary['kept']} of {summary['n']} (dropped {summary['dropped']} now, "
+               f"{summary['dropped_before']} before) -> {out}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def inspect(files, as_json):
+    """Validate export FILES and print what they hold, without scoring.
+
+    \b
+    Example:
+      gradscore inspect epoch_05.h5
+    """
+    with _Errors():
+        info = gradscore.describe(list(files))
+    if as_json:
+        click.echo(json.dumps(info, indent=1, sort_keys=True))
+        return
+    for f in info["files"]:
+        click.echo(f"{f['path']}: {f['n']} rows")
+    click.echo(f"examples: {info['n']}  classes: {info['num_classes']}  features: "
+               f"{info['n_features'] if info['n_features'] is not None else 'none'}  "
+               f"epoch: {info['epoch'] if info['epoch'] is not None else '-'}")
+    click.echo("dtypes: " + ", ".join(f"{k}={v}" for k, v in info["dtypes"].items()))
+    click.echo(f"ids: {info['id_kind']}")
+    sizes = info["class_sizes"]
+    click.echo("class sizes: " + ", ".join(f"{c}:{n}" for c, n in enumerate(sizes[:50]))
+               + (f", ... ({len(sizes) - 50} more)" if len(sizes) > 50 else ""))
+    empty = [c for c, n in enumerate(sizes) if n == 0]
+    if empty:
+        click.echo(f"classes with no examples: {len(empty)} (first: {empty[:10]})")
+
+
+if __name__ == "__main__":
+    main()

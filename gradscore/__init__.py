@@ -1,0 +1,32 @@
+"""gradscore: find likely poisons by their isolation in last-layer gradient space.
+
+Stages, each in its own module:
+
+``gradscore.io``
+    read and validate epoch exports (HDF5, schema v1); write exports,
+    keep-lists and score tables.
+``gradscore.gradients``
+    closed-form cross-entropy gradients of the final layer.
+``gradscore.neighbors``
+    per-class nearest neighbours (exact or pynndescent).
+``gradscore.density``
+    k-NN density score (higher = denser = more typical).
+``gradscore.selection``
+    EPIC facility-location clusters, density drop rules, the safety cap.
+``gradscore.pipeline``
+    :func:`score`, which runs the stages class by class.
+"""
+
+from ._version import __version__
+from .errors import GradscoreError, GradscoreWarning
+from .io import (Epoch, EpochWriter, describe, keep_mask, read_epoch, read_keeplist,
+                 write_epoch, write_keeplist, write_scores)
+from .pipeline import ClassReport, ScoreResult, score
+from .api import score_files
+
+__all__ = [
+    "__version__", "GradscoreError", "GradscoreWarning", "Epoch", "EpochWriter",
+    "describe", "keep_mask", "read_epoch", "read_keeplist", "write_epoch",
+    "write_keeplist", "write_scores", "ClassReport", "ScoreResult", "score",
+    "score_files",
+]

@@ -1,0 +1,180 @@
+"""Keep-lists (the ids to keep training on) and per-example score tables.
+
+Keep-list formats, chosen by the file's extension:
+
+``.txt``
+    One id per line, sorted (numerically for int ids, by code point for str).
+``.npy``
+    A 1-D array of the sorted ids (int64, or unicode for str ids).
+``.json``
+    ``{"ids": [...], "metadata": {...}}``, metadata holding the gradscore
+    version, method and every parameter, seed, epoch, sha256 of each input
+    file and per-class counts.
+"""
+
+import csv
+import json
+import os
+
+import h5py
+import numpy as np
+
+from ..errors import GradscoreError
+from ._atomic import atomic_path
+
+KEEPLIST_FORMATS = (".txt", ".npy", ".json")
+SCORES_FORMATS = (".csv", ".h5")
+
+
+def _ext(path, allowed, what):
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in allowed:
+        raise GradscoreError(f"{path}: a {what} must end in {', '.join(allowed)}; got "
+                             f"'{ext or '(no extension)'}'")
+    return ext
+
+
+def _sorted_ids(ids):
+    ids = np.asarray(ids)
+    if ids.dtype.kind in "iu":
+        return np.sort(ids.astype(np.int64))
+    return np.array(sorted(str(v) for v in ids.tolist()), dtype=object)
+
+
+def write_keeplist(path, ids, *, metadata=None):
+    """Write the ids to keep, sorted, atomically; format by extension.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Ending in ``.txt``, ``.npy`` or ``.json``.
+    ids : array-like of shape (n_kept,)
+        Int or str ids.
+    metadata : dict, default=None
+        Stored in ``.json`` keep-lists only.
+    """
+    ext = _ext(path, KEEPLIST_FORMATS, "keep-list")
+    with atomic_path(path) as tmp:
+        _write_keeplist_to(tmp, ext, ids, metadata)
+
+
+def _write_keeplist_to(tmp, ext, ids, metadata):
+    ids = _sorted_ids(ids)
+    if ext == ".txt":
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            for v in ids.tolist():
+                s = str(v)
+                if "\n" in s or "\r" in s:
+                    raise GradscoreError(f"id {s!r} contains a newline; use .json or .npy")
+                fh.write(s + "\n")
+    elif ext == ".npy":
+        arr = ids if ids.dtype.kind == "i" else ids.astype(str)
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+    else:
+        doc = {"ids": ids.tolist(), "metadata": metadata or {}}
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+
+
+def read_keeplist(path):
+    """Read a keep-list written by :func:`write_keeplist` (or by hand).
+
+    Returns
+    -------
+    ids : ndarray of shape (n_kept,)
+        int64 when every id is an integer, else object array of str.
+    """
+    ext = _ext(path, KEEPLIST_FORMATS, "keep-list")
+    if not os.path.exists(path):
+        raise GradscoreError(f"{path}: no such file")
+    try:
+        if ext == ".txt":
+            with open(path, encoding="utf-8") as fh:
+                values = [line.rstrip("\n").rstrip("\r") for line in fh]
+            values = [v for v in values if v != ""]
+        elif ext == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            if arr.ndim != 1:
+                raise GradscoreError(f"{path}: keep-list array must be 1-D; got {arr.shape}")
+            return arr.astype(np.int64) if arr.dtype.kind in "iu" else \
+                np.array([str(v) for v in arr.tolist()], dtype=object)
+        else:
+            with open(path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+            if not isinstance(doc, dict) or not isinstance(doc.get("ids"), list):
+                raise GradscoreError(f"{path}: JSON keep-list must be an object with a list 'ids'")
+            values = doc["ids"]
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                return np.array(values, dtype=np.int64)
+            return np.array([str(v) for v in values], dtype=object)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, GradscoreError):
+            raise
+        raise GradscoreError(f"{path}: cannot read keep-list: {exc}") from None
+    try:
+        return np.array([int(v) for v in values], dtype=np.int64)
+    except ValueError:
+        return np.array(values, dtype=object)
+
+
+def keep_mask(ids, keep_ids, *, source="keep-list"):
+    """Boolean mask over ``ids`` of the rows whose id is in ``keep_ids``.
+
+    Every id in ``keep_ids`` must occur in ``ids``; int keep-list ids match
+    str ids by their decimal text.
+    """
+    ids = np.asarray(ids)
+    keep_ids = np.asarray(keep_ids)
+    if ids.dtype.kind not in "iu" and keep_ids.dtype.kind in "iu":
+        keep_ids = np.array([str(v) for v in keep_ids.tolist()], dtype=object)
+    if ids.dtype.kind in "iu" and keep_ids.dtype.kind not in "iu":
+        raise GradscoreError(f"{source} holds string ids but the export's ids are integers")
+    mask = np.isin(ids, keep_ids)
+    found = np.isin(keep_ids, ids)
+    if not found.all():
+        missing = keep_ids[~found]
+        shown = ", ".join(repr(v) for v in missing[:10].tolist())
+        raise GradscoreError(f"{source} has {missing.size} id(s) that the export lacks "
+                             f"(first: {shown})")
+    return mask
+
+
+def write_scores(path, *, ids, labels, result):
+    """Write the per-example table: id, label, score, cluster_size, decision.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Ending in ``.csv`` or ``.h5``.
+    ids, labels : ndarray of shape (n_samples,)
+    result : ScoreResult
+    """
+    ext = _ext(path, SCORES_FORMATS, "scores table")
+    with atomic_path(path) as tmp:
+        _write_scores_to(tmp, ext, ids, labels, result)
+
+
+def _write_scores_to(tmp, ext, ids, labels, result):
+    if ext == ".csv":
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "label", "score", "cluster_size", "decision"])
+            for row in zip(ids.tolist(), labels.tolist(), result.scores.tolist(),
+                           result.cluster_size.tolist(), result.decision.tolist()):
+                i, lab, sc, cs, dec = row
+                w.writerow([i, lab, "" if sc != sc else repr(sc), cs, dec])
+    else:
+        with h5py.File(tmp, "w") as f:
+            if ids.dtype.kind in "iu":
+                f.create_dataset("id", data=ids)
+            else:
+                f.create_dataset("id", data=ids.astype(object),
+                                 dtype=h5py.string_dtype("utf-8"))
+            f.create_dataset("label", data=labels)
+            f.create_dataset("score", data=result.scores)
+            f.create_dataset("cluster_size", data=result.cluster_size)
+            f.create_dataset("decision", data=result.decision.astype(object),
+                             dtype=h5py.string_dtype("utf-8"))
+            f.attrs["score_direction"] = "higher = denser = more typical"

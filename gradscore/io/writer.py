@@ -1,0 +1,226 @@
+"""Write schema-v1 epoch exports: all at once, or streamed batch by batch."""
+
+import os
+
+import h5py
+import numpy as np
+
+from .._validation import check_finite, check_ids, check_labels, format_rows
+from ..errors import GradscoreError
+from . import schema as S
+from ._atomic import atomic_path
+
+
+class EpochWriter:
+    """Stream one epoch's export to HDF5, batch by batch, finalised atomically.
+
+    The file appears at ``path`` only when :meth:`close` succeeds (or the
+    ``with`` block exits cleanly); a crash mid-epoch leaves no file that looks
+    complete, and never damages an earlier file at ``path``.
+
+    Parameters
+    ----------
+    path : str or path-like
+    num_classes : int
+    n_features : int, default=None
+        Width of ``features``; None when no features are written.
+    n_rows : int, default=None
+        Expected number of rows; when given, :meth:`close` checks it.
+    id_kind : {"int", "str", None}, default=None
+        Type of the ids given to :meth:`append`; None for no ids
+        (readers then use 0..N-1).
+    epoch : int, default=None
+        Stored as the root attribute ``epoch``.
+    dtype : numpy dtype, default=numpy.float32
+        Storage dtype of logits and features (float16 halves the file).
+    chunk_rows : int, default=4096
+
+    Examples
+    --------
+    >>> import numpy as np, gradscore
+    >>> with gradscore.EpochWriter("/tmp/ep.h5", num_classes=3) as w:
+    ...     w.append(np.array([0, 2]), np.zeros((2, 3)))
+    >>> gradscore.read_epoch("/tmp/ep.h5").labels
+    array([0, 2])
+    """
+
+    def __init__(self, path, *, num_classes, n_features=None, n_rows=None,
+                 id_kind=None, epoch=None, dtype=np.float32, chunk_rows=4096):
+        if id_kind not in (None, "int", "str"):
+            raise GradscoreError(f"'id_kind' must be 'int', 'str' or None; got {id_kind!r}")
+        self.path = os.fspath(path)
+        self.num_classes = int(num_classes)
+        self.n_features = n_features
+        self.n_rows = n_rows
+        self.id_kind = id_kind
+        self.n = 0
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._f = h5py.File(self._tmp, "w")
+        self._f.attrs[S.ATTR_SCHEMA] = S.SCHEMA_VERSION
+        self._f.attrs[S.ATTR_NUM_CLASSES] = self.num_classes
+        if epoch is not None:
+            self._f.attrs[S.ATTR_EPOCH] = int(epoch)
+        rows = n_rows if n_rows is not None else 0
+        maxrows = n_rows if n_rows is not None else None
+        chunk = max(1, min(chunk_rows, n_rows or chunk_rows))
+
+        def make(name, cols, dt):
+            shape = (rows,) if cols is None else (rows, cols)
+            maxshape = (maxrows,) if cols is None else (maxrows, cols)
+            chunks = (chunk,) if cols is None else (chunk, cols)
+            return self._f.create_dataset(name, shape=shape, maxshape=maxshape,
+                                          dtype=dt, chunks=chunks)
+
+        self._d = {S.LABELS: make(S.LABELS, None, np.int64),
+                   S.LOGITS: make(S.LOGITS, self.num_classes, dtype)}
+        if n_features is not None:
+            self._d[S.FEATURES] = make(S.FEATURES, int(n_features), dtype)
+        if id_kind == "int":
+            self._d[S.IDS] = make(S.IDS, None, np.int64)
+        elif id_kind == "str":
+            self._d[S.IDS] = make(S.IDS, None, h5py.string_dtype("utf-8"))
+        self._seen_ids = set() if id_kind else None
+
+    def append(self, labels, logits, features=None, ids=None):
+        """Add one batch of rows (arrays in the order labels, logits, features, ids)."""
+        if self._f is None:
+            raise GradscoreError(f"{self.path}: writer is closed")
+        at = f"{self.path}: batch at row {self.n}"
+        labels = np.asarray(labels)
+        m = labels.shape[0] if labels.ndim == 1 else -1
+        labels = check_labels(labels, num_classes=self.num_classes, where=f"{at}: labels")
+        logits = np.asarray(logits)
+        if logits.shape != (m, self.num_classes):
+            raise GradscoreError(f"{at}: logits must have shape ({m}, {self.num_classes}) "
+                                 f"like earlier batches; got {logits.shape}")
+        if logits.dtype.kind != "f":
+            raise GradscoreError(f"{at}: logits must be floating point; got {logits.dtype}")
+        check_finite(logits, f"{at}: logits")
+        if (features is None) != (self.n_features is None):
+            raise GradscoreError(f"{at}: features {'missing' if features is None else 'given'}"
+                                 f" but the writer was made with n_features={self.n_features}")
+        if features is not None:
+            features = np.asarray(features)
+            if features.shape != (m, self.n_features) or features.dtype.kind != "f":
+                raise GradscoreError(f"{at}: features must be float of shape "
+                                     f"({m}, {self.n_features}); got {features.dtype} "
+                                     f"{features.shape}")
+            check_finite(features, f"{at}: features")
+        if (ids is None) != (self.id_kind is None):
+            raise GradscoreError(f"{at}: ids {'missing' if ids is None else 'given'} but "
+                                 f"the writer was made with id_kind={self.id_kind!r}")
+        if ids is not None:
+            ids = check_ids(ids, m, where=f"{at}: ids")
+            kind = "int" if ids.dtype.kind == "i" else "str"
+            if kind != self.id_kind:
+                raise GradscoreError(f"{at}: ids are {kind} but the writer expects "
+                                     f"{self.id_kind}")
+            repeated = [i for i, v in enumerate(ids.tolist()) if v in self._seen_ids]
+            if repeated:
+                raise GradscoreError(f"{at}: ids repeat ids of earlier batches in "
+                                     f"{format_rows(repeated)} (first: {ids[repeated[0]]!r})")
+            self._seen_ids.update(ids.tolist())
+        stop = self.n + m
+        if self.n_rows is not None and stop > self.n_rows:
+            raise GradscoreError(f"{at}: {m} rows would make {stop}, more than the "
+                                 f"n_rows={self.n_rows} the writer was made with")
+        for name, arr in ((S.LABELS, labels), (S.LOGITS, logits),
+                          (S.FEATURES, features), (S.IDS, ids)):
+            if arr is None:
+                continue
+            d = self._d[name]
+            if self.n_rows is None:
+                d.resize(stop, axis=0)
+            d[self.n:stop] = arr
+        self.n = stop
+
+    def close(self):
+        """Finalise: check the row count, then move the file into place."""
+        if self._f is None:
+            return
+        try:
+            if self.n_rows is not None and self.n != self.n_rows:
+                raise GradscoreError(f"{self.path}: writer was made with n_rows="
+                                     f"{self.n_rows} but got {self.n} rows")
+            if self.n == 0:
+                raise GradscoreError(f"{self.path}: no rows were appended")
+        except GradscoreError as exc:
+            self.abort(exc)
+            raise
+        self._f.close()
+        self._f = None
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self, exc=None):
+        """Discard the partial file; an earlier file at ``path`` stays as it was."""
+        if self._f is None:
+            return
+        self._f.close()
+        self._f = None
+        err = exc or GradscoreError("aborted")
+        try:
+            self._ctx.__exit__(type(err), err, None)
+        except BaseException:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(exc)
+        return False
+
+
+def write_epoch(path, *, labels, logits=None, features=None, ids=None,
+                weight=None, bias=None, epoch=None, num_classes=None,
+                dtype=np.float32):
+    """Write one epoch's export in one call (schema v1), atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+    labels : array-like of shape (n_samples,)
+    logits : array-like of shape (n_samples, n_classes), default=None
+        May be omitted when ``features``, ``weight`` and ``bias`` are given.
+    features : array-like of shape (n_samples, n_features), default=None
+    ids : array-like of shape (n_samples,), int or str, default=None
+    weight : array-like of shape (n_classes, n_features), default=None
+    bias : array-like of shape (n_classes,), default=None
+    epoch : int, default=None
+    num_classes : int, default=None
+        Defaults to ``logits.shape[1]`` (or ``weight.shape[0]``).
+    dtype : numpy dtype, default=numpy.float32
+        Storage dtype of logits and features.
+
+    Examples
+    --------
+    >>> import numpy as np, gradscore
+    >>> gradscore.write_epoch("/tmp/e.h5", labels=np.array([0, 1]),
+    ...                       logits=np.array([[2.0, 0.0], [0.0, 2.0]]))
+    >>> gradscore.read_epoch("/tmp/e.h5").num_classes
+    2
+    """
+    labels = np.asarray(labels)
+    if logits is None and (features is None or weight is None or bias is None):
+        raise GradscoreError("give logits, or features with weight and bias")
+    if num_classes is None:
+        num_classes = np.shape(logits)[1] if logits is not None else np.shape(weight)[0]
+    if logits is None:
+        logits = np.asarray(features, dtype=np.float64) @ np.asarray(weight, dtype=np.float64).T \
+            + np.asarray(bias, dtype=np.float64)
+    n_features = None if features is None else np.shape(features)[1]
+    id_kind = None
+    if ids is not None:
+        ids = check_ids(ids, labels.shape[0] if labels.ndim == 1 else -1)
+        id_kind = "int" if ids.dtype.kind == "i" else "str"
+    with EpochWriter(path, num_classes=num_classes, n_features=n_features,
+                     n_rows=labels.shape[0] if labels.ndim == 1 else None,
+                     id_kind=id_kind, epoch=epoch, dtype=dtype) as w:
+        w.append(labels, logits, features, ids)
+        if weight is not None:
+            w._f.create_dataset(S.WEIGHT, data=np.asarray(weight, dtype=dtype))
+            w._f.create_dataset(S.BIAS, data=np.asarray(bias, dtype=dtype))

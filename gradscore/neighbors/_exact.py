@@ -1,0 +1,131 @@
+"""Exact neighbour search: k-d tree and blocked Gram-matrix brute force."""
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+#: Bytes of distance block the brute-force search holds at once.
+_BLOCK_BYTES = 64 * 2**20
+
+
+def pairwise_sqdist(grads):
+    """Dense (n, n) squared euclidean distances, exact zeros on the diagonal."""
+    sq = grads.sqnorms()
+    d2 = grads.inner(slice(None))
+    d2 *= -2.0
+    d2 += sq[:, None]
+    d2 += sq[None, :]
+    np.maximum(d2, 0.0, out=d2)
+    np.fill_diagonal(d2, 0.0)
+    return d2
+
+
+def knn_from_sqdist(d2, k):
+    """k nearest other rows from a full distance matrix, self excluded by index."""
+    n = d2.shape[0]
+    block = max(1, min(n, _BLOCK_BYTES // (8 * max(n, 1))))
+    idx = np.empty((n, k), dtype=np.int64)
+    out = np.empty((n, k), dtype=np.float64)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        work = d2[start:stop].copy()
+        local = np.arange(stop - start)
+        work[local, local + start] = np.inf  # self, by index
+        idx[start:stop], out[start:stop] = _smallest_k(work, k)
+    return idx, out
+
+
+def _smallest_k(work, k):
+    """The k smallest entries of each row, sorted by (distance, column)."""
+    part = np.argpartition(work, k - 1, axis=1)[:, :k] if k < work.shape[1] else \
+        np.broadcast_to(np.arange(work.shape[1]), work.shape).copy()
+    vals = np.take_along_axis(work, part, axis=1)
+    order = np.lexsort((part, vals), axis=1)
+    idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    return idx, np.take_along_axis(vals, order, axis=1)
+
+
+def brute_kneighbors(grads, k, *, random_state=None):
+    """Exact search by blocks of rows against all rows (BLAS Gram products)."""
+    n = grads.n
+    sq = grads.sqnorms()
+    block = max(1, min(n, _BLOCK_BYTES // (8 * max(n, 1))))
+    idx = np.empty((n, k), dtype=np.int64)
+    d2 = np.empty((n, k), dtype=np.float64)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        g = grads.inner(slice(start, stop))
+        g *= -2.0
+        g += sq[start:stop, None]
+        g += sq[None, :]
+        np.maximum(g, 0.0, out=g)
+        local = np.arange(stop - start)
+        g[local, local + start] = np.inf  # self, by index
+        idx[start:stop], d2[start:stop] = _smallest_k(g, k)
+    return idx, d2
+
+
+def kdtree_kneighbors(grads, k, *, random_state=None):
+    """Exact search with scipy's cKDTree on explicit vectors."""
+    x = grads.dense()
+    tree = cKDTree(x)
+    dist, idx = tree.query(x, k=k + 1)
+    return remove_self(idx.reshape(len(x), -1), dist.reshape(len(x), -1) ** 2, k)
+
+
+def remove_self(idx, d2, k):
+    """Drop each row's own index from k+1 candidates (or the farthest if absent).
+
+    A point with exact duplicates may not be listed among its own k+1 nearest
+    (its duplicates tie with it at distance 0); the row then keeps its k
+    nearest others.
+    """
+    n = idx.shape[0]
+    is_self = idx == np.arange(n)[:, None]
+    missing = ~is_self.any(axis=1)
+    is_self[missing, -1] = True
+    # Every row now has at least one True; keep the first True only.
+    first = np.argmax(is_self, axis=1)
+    keep = np.ones_like(is_self)
+    keep[np.arange(n), first] = False
+    idx = idx[keep].reshape(n, -1)[:, :k].astype(np.int64)
+    d2 = d2[keep].reshape(n, -1)[:, :k].astype(np.float64)
+    order = np.lexsort((idx, d2), axis=1)
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(d2, order, axis=1)
+
+
+def nearest_target(grads, targets):
+    """For every row of ``grads``, the position of its nearest row in ``targets``.
+
+    Ties go to the earlier target, so callers can pass targets in a meaningful
+    order (EPIC passes medoids in selection order).
+
+    Returns
+    -------
+    pos : ndarray of shape (n,), int64
+    sqdist : ndarray of shape (n,), float64
+    """
+    from ..gradients import DenseGradients
+
+    n, m = grads.n, targets.n
+    if isinstance(grads, DenseGradients) and grads.dim <= 16 and m > 1:
+        # k-d tree: query two so that a tie between targets can be resolved.
+        dist, idx = cKDTree(targets.values).query(grads.values, k=2)
+        d2 = dist ** 2
+        tie = (d2[:, 0] == d2[:, 1]) & (idx[:, 1] < idx[:, 0])
+        pos = np.where(tie, idx[:, 1], idx[:, 0]).astype(np.int64)
+        return pos, d2[:, 0]
+    sq_t = targets.sqnorms()
+    sq = grads.sqnorms()
+    block = max(1, min(n, _BLOCK_BYTES // (8 * max(m, 1))))
+    pos = np.empty(n, dtype=np.int64)
+    best = np.empty(n, dtype=np.float64)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        g = grads.cross(slice(start, stop), targets)
+        g *= -2.0
+        g += sq[start:stop, None]
+        g += sq_t[None, :]
+        np.maximum(g, 0.0, out=g)
+        pos[start:stop] = np.argmin(g, axis=1)  # first minimum: earliest target
+        best[start:stop] = g[np.arange(stop - start), pos[start:stop]]
+    return pos, best

@@ -1,0 +1,277 @@
+"""Score one epoch: gradients -> neighbours -> density -> selection, class by class.
+
+:func:`score` is the in-memory entry point; the CLI and the file-based helpers
+call :func:`_score` after validating once.
+"""
+
+from dataclasses import dataclass, field, asdict
+import warnings
+
+import numpy as np
+
+from . import neighbors as nb
+from ._progress import progress_bar
+from ._validation import (check_choice, check_float_matrix, check_fraction,
+                          check_int, check_labels)
+from .density import knn_density
+from .errors import GradscoreError, GradscoreWarning
+from .gradients import GRADIENTS, class_gradients
+from .selection import (apply_cap, drop_by_fraction, drop_by_robust_threshold,
+                        epic_dense, epic_sparse)
+
+METHODS = ("epic", "knn-density")
+
+#: Classes up to this size run EPIC on the dense kernel (exact reference
+#: semantics); larger ones on the k-NN graph. See docs/method.md.
+DENSE_MAX = 2000
+
+#: Decision codes in :attr:`ScoreResult.decision`.
+KEPT, DROPPED, DROPPED_BEFORE = "kept", "dropped", "dropped-before"
+
+
+@dataclass
+class ClassReport:
+    """What happened in one class.
+
+    ``n`` counts the class's examples in the input, ``n_scored`` those that
+    were still kept (not dropped at an earlier epoch) and so were scored.
+    """
+
+    label: int
+    n: int
+    n_scored: int
+    k_used: int
+    neighbors: str
+    dropped: int
+    dropped_before: int
+    cap_hit: bool
+    epic_mode: str = None
+    n_medoids: int = None
+
+
+@dataclass
+class ScoreResult:
+    """Per-example outcome of :func:`score`.
+
+    Attributes
+    ----------
+    keep : ndarray of shape (n_samples,), bool
+        True for examples to keep training on.
+    scores : ndarray of shape (n_samples,), float64
+        k-NN density in gradient space, higher = denser = more typical; NaN
+        for examples not scored (dropped before, or alone in their class).
+    cluster_size : ndarray of shape (n_samples,), int64
+        Size of the EPIC cluster each example joined; -1 where EPIC did not
+        run on it.
+    decision : ndarray of shape (n_samples,), str
+        ``"kept"``, ``"dropped"`` or ``"dropped-before"``.
+    classes : list of ClassReport
+    params : dict
+        Every parameter of the run, for provenance.
+    """
+
+    keep: np.ndarray
+    scores: np.ndarray
+    cluster_size: np.ndarray
+    decision: np.ndarray
+    classes: list
+    params: dict = field(default_factory=dict)
+
+    def summary(self):
+        """JSON-ready dict: totals and per-class counts."""
+        return {
+            "n": int(self.keep.size),
+            "kept": int(self.keep.sum()),
+            "dropped": int((self.decision == DROPPED).sum()),
+            "dropped_before": int((self.decision == DROPPED_BEFORE).sum()),
+            "cap_hit_classes": [c.label for c in self.classes if c.cap_hit],
+            "params": self.params,
+            "classes": [asdict(c) for c in self.classes],
+        }
+
+
+def score(labels, logits, features=None, *, method="epic", gradient="logits",
+          fraction=0.2, cluster_threshold=1, k=20, drop_fraction=None,
+          z_threshold=3.0, max_drop_fraction=0.5, label_smoothing=0.0,
+          neighbors="auto", dense_max=DENSE_MAX, num_classes=None,
+          active=None, random_state=0, progress=False):
+    """Decide which examples to keep, from one epoch's labels, logits and features.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_samples,)
+        Integer labels in ``[0, n_classes)``.
+    logits : array-like of shape (n_samples, n_classes)
+        The final layer's pre-softmax outputs (float16/32/64).
+    features : array-like of shape (n_samples, n_features), default=None
+        Input of the final linear layer; needed for ``gradient="last-layer"``.
+    method : {"epic", "knn-density"}, default="epic"
+        ``"epic"``: drop members of EPIC clusters of size <=
+        ``cluster_threshold``. ``"knn-density"``: drop the least dense, by
+        ``drop_fraction`` or else a robust per-class threshold.
+    gradient : {"logits", "last-layer"}, default="logits"
+        Which closed-form gradient to compare examples by.
+    fraction : float, default=0.2
+        EPIC: medoids per class as a fraction of its size (paper: 0.1-0.3).
+    cluster_threshold : int, default=1
+        EPIC: drop examples in clusters of at most this many members.
+    k : int, default=20
+        Neighbours per example for the density score and the EPIC graph;
+        clamped to ``n_class - 1`` with a warning for small classes.
+    drop_fraction : float, default=None
+        knn-density: drop this fraction of each class, least dense first.
+    z_threshold : float, default=3.0
+        knn-density without ``drop_fraction``: drop scores below
+        ``median - z_threshold * 1.4826 * MAD`` per class.
+    max_drop_fraction : float, default=0.5
+        Never drop more than this fraction of a class in one call (least
+        dense first); the class report says when the cap bit.
+    label_smoothing : float, default=0.0
+        Label smoothing used in training; it changes the gradient's target.
+    neighbors : str, default="auto"
+        Neighbour backend (see :mod:`gradscore.neighbors`).
+    dense_max : int, default=2000
+        EPIC runs on the dense kernel for classes up to this size.
+    num_classes : int, default=None
+        Number of classes; defaults to ``logits.shape[1]``.
+    active : array-like of shape (n_samples,), bool, default=None
+        False for examples dropped at an earlier epoch: they stay dropped and
+        are not scored. Default: all active.
+    random_state : int, default=0
+        Seed for randomised neighbour backends.
+    progress : bool, default=False
+        Show a progress bar over classes on stderr.
+
+    Returns
+    -------
+    result : ScoreResult
+        ``keep`` mask, density ``scores`` (higher = denser), EPIC
+        ``cluster_size``, ``decision`` and per-class reports.
+
+    Examples
+    --------
+    >>> import numpy as np, gradscore
+    >>> rng = np.random.default_rng(0)
+    >>> labels = np.repeat([0, 1], 50)
+    >>> logits = rng.normal(size=(100, 2)) + 4 * np.eye(2)[labels]
+    >>> result = gradscore.score(labels, logits)
+    >>> result.keep.shape, result.scores.shape
+    ((100,), (100,))
+    """
+    labels = np.asarray(labels)
+    if logits is None:
+        raise GradscoreError("logits is required (compute it from features, weight and bias first)")
+    logits_arr = np.asarray(logits)
+    if logits_arr.ndim != 2:
+        raise GradscoreError(f"logits must be 2-D (n_samples, n_classes); got shape {logits_arr.shape}")
+    if num_classes is None:
+        num_classes = logits_arr.shape[1]
+    num_classes = check_int("num_classes", num_classes, minimum=1)
+    labels = check_labels(labels, num_classes=num_classes)
+    logits_arr = check_float_matrix(logits_arr, "classes", n_rows=labels.size,
+                                    n_cols=num_classes, where="logits")
+    check_choice("method", method, METHODS)
+    check_choice("gradient", gradient, GRADIENTS)
+    if gradient == "last-layer":
+        if features is None:
+            raise GradscoreError("gradient='last-layer' needs features; got None")
+        features = check_float_matrix(features, "features", n_rows=labels.size)
+    elif features is not None:
+        features = check_float_matrix(features, "features", n_rows=labels.size)
+    if active is not None:
+        active = np.asarray(active)
+        if active.shape != labels.shape or active.dtype != bool:
+            raise GradscoreError(
+                f"active must be a bool array of shape {labels.shape}; "
+                f"got {active.dtype} of shape {active.shape}")
+    params = dict(
+        method=method, gradient=gradient,
+        fraction=check_fraction("fraction", fraction, low_open=True),
+        cluster_threshold=check_int("cluster_threshold", cluster_threshold, minimum=0),
+        k=check_int("k", k, minimum=1),
+        drop_fraction=None if drop_fraction is None else
+        check_fraction("drop_fraction", drop_fraction),
+        z_threshold=float(z_threshold),
+        max_drop_fraction=check_fraction("max_drop_fraction", max_drop_fraction),
+        label_smoothing=check_fraction("label_smoothing", label_smoothing),
+        neighbors=check_choice("neighbors", neighbors, nb.backend_names()),
+        dense_max=check_int("dense_max", dense_max, minimum=0),
+        num_classes=num_classes,
+        random_state=None if random_state is None else check_int("random_state", random_state),
+    )
+    return _score(labels, logits_arr, features, active=active, progress=progress, **params)
+
+
+def _score(labels, logits, features, *, method, gradient, fraction,
+           cluster_threshold, k, drop_fraction, z_threshold, max_drop_fraction,
+           label_smoothing, neighbors, dense_max, num_classes, random_state,
+           active=None, progress=False):
+    """:func:`score` on validated input."""
+    params = dict(
+        method=method, gradient=gradient, fraction=fraction,
+        cluster_threshold=cluster_threshold, k=k, drop_fraction=drop_fraction,
+        z_threshold=z_threshold, max_drop_fraction=max_drop_fraction,
+        label_smoothing=label_smoothing, neighbors=neighbors,
+        dense_max=dense_max, num_classes=num_classes, random_state=random_state)
+    n = labels.size
+    if active is None:
+        active = np.ones(n, dtype=bool)
+    scores = np.full(n, np.nan)
+    cluster_size = np.full(n, -1, dtype=np.int64)
+    drop = np.zeros(n, dtype=bool)
+    reports = []
+    # One stable sort groups rows by class without a pass per class.
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
+    present = [c for c in range(num_classes) if bounds[c + 1] > bounds[c]]
+    for c in progress_bar(present, enabled=progress, desc="classes", unit="class"):
+        rows_all = order[bounds[c]:bounds[c + 1]]
+        rows = rows_all[active[rows_all]]
+        report = ClassReport(label=c, n=rows_all.size, n_scored=rows.size, k_used=0,
+                             neighbors="none", dropped=0,
+                             dropped_before=int(rows_all.size - rows.size), cap_hit=False)
+        reports.append(report)
+        if rows.size < 2:
+            if rows.size:
+                warnings.warn(f"class {c} has {rows.size} example to score; it is kept "
+                              "unscored", GradscoreWarning, stacklevel=2)
+            continue
+        k_c = min(k, rows.size - 1)
+        if k_c < k:
+            warnings.warn(f"class {c} has {rows.size} examples, too few for k={k}; "
+                          f"using k={k_c}", GradscoreWarning, stacklevel=2)
+        report.k_used = k_c
+        grads = class_gradients(
+            labels[rows], logits[rows], None if features is None else features[rows],
+            gradient=gradient, num_classes=num_classes, label_smoothing=label_smoothing)
+        d2_full = None
+        if method == "epic" and rows.size <= dense_max:
+            d2_full = nb.pairwise_sqdist(grads)
+            knn_idx, knn_d2 = nb.knn_from_sqdist(d2_full, k_c)
+            report.neighbors = "dense"
+        else:
+            knn_idx, knn_d2, report.neighbors = nb.kneighbors(
+                grads, k_c, backend=neighbors, random_state=random_state)
+        s = knn_density(knn_d2)
+        scores[rows] = s
+        if method == "epic":
+            if d2_full is not None:
+                res = epic_dense(d2_full, fraction=fraction, cluster_threshold=cluster_threshold)
+            else:
+                res = epic_sparse(grads, knn_idx, knn_d2, fraction=fraction,
+                                  cluster_threshold=cluster_threshold)
+            del d2_full
+            cluster_size[rows] = res.cluster_size
+            report.epic_mode, report.n_medoids = res.mode, int(res.medoids.size)
+            d = res.drop
+        elif drop_fraction is not None:
+            d = drop_by_fraction(s, drop_fraction)
+        else:
+            d = drop_by_robust_threshold(s, z_threshold)
+        d, report.cap_hit = apply_cap(d, s, max_drop_fraction)
+        report.dropped = int(d.sum())
+        drop[rows] = d
+    keep = active & ~drop
+    decision = np.where(keep, KEPT, np.where(active, DROPPED, DROPPED_BEFORE)).astype(object)
+    return ScoreResult(keep=keep, scores=scores, cluster_size=cluster_size,
+                       decision=decision, classes=reports, params=params)
