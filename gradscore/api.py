@@ -16,7 +16,7 @@ from .io import read_epoch
 from .io._atomic import atomic_path
 from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplist_to,
                           _write_scores_to, keep_mask, read_keeplist)
-from .pipeline import score
+from .pipeline import FEATURE_METHODS, score
 
 
 def default_output(paths):
@@ -77,7 +77,8 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         if not os.path.isdir(folder):
             raise GradscoreError(f"{p}: folder {folder} does not exist")
     prev_ids = read_keeplist(previous) if previous is not None else None
-    needs_features = params.get("gradient", "logits") == "last-layer"
+    needs_features = (params.get("gradient", "logits") == "last-layer"
+                      or params.get("method", "epic") in FEATURE_METHODS)
     epoch = read_epoch(paths, need_features=needs_features)
     active = None
     if prev_ids is not None:

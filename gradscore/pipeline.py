@@ -16,10 +16,14 @@ from ._validation import (check_choice, check_float_matrix, check_fraction,
 from .density import knn_density
 from .errors import GradscoreError, GradscoreWarning
 from .gradients import GRADIENTS, class_gradients
+from .gradients import DenseGradients
 from .selection import (apply_cap, drop_by_fraction, drop_by_robust_threshold,
                         epic_dense, epic_sparse)
+from .selection.feature_space import deep_knn_agreement, spectral_scores
 
-METHODS = ("epic", "knn-density")
+METHODS = ("epic", "knn-density", "deep-knn", "spectral")
+#: Methods that compare examples by their penultimate features, not gradients.
+FEATURE_METHODS = ("deep-knn", "spectral")
 
 #: Classes up to this size run EPIC on the dense kernel (exact reference
 #: semantics); larger ones on the k-NN graph. See docs/method.md.
@@ -58,7 +62,9 @@ class ScoreResult:
     keep : ndarray of shape (n_samples,), bool
         True for examples to keep training on.
     scores : ndarray of shape (n_samples,), float64
-        k-NN density in gradient space, higher = denser = more typical; NaN
+        Typicality, higher = more typical: k-NN density in gradient space
+        for ``epic`` and ``knn-density``, neighbour label agreement for
+        ``deep-knn``, minus the spectral outlier score for ``spectral``. NaN
         for examples not scored (dropped before, or alone in their class).
     cluster_size : ndarray of shape (n_samples,), int64
         Size of the EPIC cluster each example joined; -1 where EPIC did not
@@ -105,10 +111,15 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         The final layer's pre-softmax outputs (float16/32/64).
     features : array-like of shape (n_samples, n_features), default=None
         Input of the final linear layer; needed for ``gradient="last-layer"``.
-    method : {"epic", "knn-density"}, default="epic"
+    method : {"epic", "knn-density", "deep-knn", "spectral"}, default="epic"
         ``"epic"``: drop members of EPIC clusters of size <=
         ``cluster_threshold``. ``"knn-density"``: drop the least dense, by
         ``drop_fraction`` or else a robust per-class threshold.
+        ``"deep-knn"`` (needs ``features``): drop an example whose label is
+        not a plurality label of its k nearest neighbours in feature space,
+        over all classes. ``"spectral"`` (needs ``features``): spectral
+        signatures per class, dropping by ``drop_fraction`` or the robust
+        threshold. See :mod:`gradscore.selection.feature_space`.
     gradient : {"logits", "last-layer"}, default="logits"
         Which closed-form gradient to compare examples by.
     fraction : float, default=0.2
@@ -172,9 +183,10 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
                                     n_cols=num_classes, where="logits")
     check_choice("method", method, METHODS)
     check_choice("gradient", gradient, GRADIENTS)
-    if gradient == "last-layer":
+    if gradient == "last-layer" or method in FEATURE_METHODS:
         if features is None:
-            raise GradscoreError("gradient='last-layer' needs features; got None")
+            why = f"method={method!r}" if method in FEATURE_METHODS else "gradient='last-layer'"
+            raise GradscoreError(f"{why} needs features; got None")
         features = check_float_matrix(features, "features", n_rows=labels.size)
     elif features is not None:
         features = check_float_matrix(features, "features", n_rows=labels.size)
@@ -224,6 +236,16 @@ def _score(labels, logits, features, *, method, gradient, fraction,
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
     present = [c for c in range(num_classes) if bounds[c + 1] > bounds[c]]
+    if method == "deep-knn":
+        # Deep k-NN looks across classes: one neighbour search over everything.
+        act = np.flatnonzero(active)
+        k_all = min(k, act.size - 1)
+        agreement = np.full(n, np.nan)
+        deep_drop = np.zeros(n, dtype=bool)
+        if k_all >= 1:
+            idx, _, used = nb.kneighbors(DenseGradients(features[act]), k_all,
+                                         backend=neighbors, random_state=random_state)
+            agreement[act], deep_drop[act] = deep_knn_agreement(labels[act], idx, num_classes)
     for c in progress_bar(present, enabled=progress, desc="classes", unit="class"):
         rows_all = order[bounds[c]:bounds[c + 1]]
         rows = rows_all[active[rows_all]]
@@ -235,6 +257,24 @@ def _score(labels, logits, features, *, method, gradient, fraction,
             if rows.size:
                 warnings.warn(f"class {c} has {rows.size} example to score; it is kept "
                               "unscored", GradscoreWarning, stacklevel=2)
+            continue
+        if method == "deep-knn":
+            report.k_used, report.neighbors = k_all, used
+            s = agreement[rows]
+            scores[rows] = s
+            d, report.cap_hit = apply_cap(deep_drop[rows], s, max_drop_fraction)
+            report.dropped = int(d.sum())
+            drop[rows] = d
+            continue
+        if method == "spectral":
+            s = spectral_scores(features[rows])
+            scores[rows] = s
+            d = drop_by_fraction(s, drop_fraction) if drop_fraction is not None \
+                else drop_by_robust_threshold(s, z_threshold)
+            d, report.cap_hit = apply_cap(d, s, max_drop_fraction)
+            report.dropped = int(d.sum())
+            report.neighbors = "none"
+            drop[rows] = d
             continue
         k_c = min(k, rows.size - 1)
         if k_c < k:
