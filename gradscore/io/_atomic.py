@@ -16,6 +16,15 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        # mkstemp makes 0600 files; give the result the mode a plain open()
+        # would (or the mode of the file it replaces).
+        if os.path.exists(path):
+            mode = os.stat(path).st_mode & 0o777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
