@@ -92,6 +92,10 @@ class DenseGradients:
     def take(self, rows):
         return DenseGradients(self.values[rows])
 
+    def duplicate_groups(self):
+        """Group number of each row, equal for exactly equal rows; None if all differ."""
+        return _groups(self.values)
+
 
 class OuterGradients:
     """Gradients :math:`a_i \\otimes h_i` held as their two factors.
@@ -131,6 +135,16 @@ class OuterGradients:
 
     def take(self, rows):
         return OuterGradients(self.a[rows], self.h[rows])
+
+    def duplicate_groups(self):
+        return _groups(np.concatenate([self.a, self.h], axis=1))
+
+
+def _groups(x):
+    _, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
+    if counts.size == x.shape[0]:
+        return None
+    return inverse.ravel()
 
 
 def class_gradients(labels, logits, features=None, *, gradient="logits",

@@ -276,6 +276,12 @@ def _score(labels, logits, features, *, method, gradient, fraction,
             report.neighbors = "none"
             drop[rows] = d
             continue
+        # Canonical order within the class (by content, not input position):
+        # greedy ties and floating-point sums then come out the same however
+        # the caller ordered the rows, so permuting rows permutes decisions.
+        content = logits[rows] if gradient == "logits" else \
+            np.concatenate([logits[rows], features[rows]], axis=1)
+        rows = rows[np.lexsort(content.T[::-1])]
         k_c = min(k, rows.size - 1)
         if k_c < k:
             warnings.warn(f"class {c} has {rows.size} examples, too few for k={k}; "

@@ -15,8 +15,21 @@ def pairwise_sqdist(grads):
     d2 += sq[:, None]
     d2 += sq[None, :]
     np.maximum(d2, 0.0, out=d2)
+    groups = grads.duplicate_groups()
+    if groups is not None:
+        _zero_duplicates(d2, groups, groups)
     np.fill_diagonal(d2, 0.0)
     return d2
+
+
+def _zero_duplicates(block, row_groups, col_groups):
+    """Exact duplicates lie at distance exactly 0.
+
+    The Gram-matrix identity |a|^2 + |b|^2 - 2 a.b leaves rounding residue
+    for equal rows; equal rows are found by value instead (np.unique) and
+    their distance set to 0, so duplicates always count as nearest.
+    """
+    block[row_groups[:, None] == col_groups[None, :]] = 0.0
 
 
 def knn_from_sqdist(d2, k):
@@ -48,6 +61,7 @@ def brute_kneighbors(grads, k, *, random_state=None):
     """Exact search by blocks of rows against all rows (BLAS Gram products)."""
     n = grads.n
     sq = grads.sqnorms()
+    groups = grads.duplicate_groups()
     block = max(1, min(n, _BLOCK_BYTES // (8 * max(n, 1))))
     idx = np.empty((n, k), dtype=np.int64)
     d2 = np.empty((n, k), dtype=np.float64)
@@ -58,6 +72,8 @@ def brute_kneighbors(grads, k, *, random_state=None):
         g += sq[start:stop, None]
         g += sq[None, :]
         np.maximum(g, 0.0, out=g)
+        if groups is not None:
+            _zero_duplicates(g, groups[start:stop], groups)
         local = np.arange(stop - start)
         g[local, local + start] = np.inf  # self, by index
         idx[start:stop], d2[start:stop] = _smallest_k(g, k)

@@ -1,0 +1,27 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+
+
+@pytest.fixture
+def digits_path():
+    return os.path.join(FIXTURES, "digits_epoch.h5")
+
+
+@pytest.fixture
+def digits_poisons():
+    with open(os.path.join(FIXTURES, "digits_poisons.json")) as fh:
+        return json.load(fh)
+
+
+def make_data(n=600, c=4, d=8, seed=0, margin=4.0):
+    """Labels, logits and features with class structure (a trained-model look)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + margin * np.eye(c)[labels]
+    features = rng.normal(size=(n, d)) + 2.0 * np.eye(c, d)[labels]
+    return labels, logits, features
