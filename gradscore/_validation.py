@@ -140,7 +140,7 @@ def check_unique_ids(ids, where="ids"):
         rows = np.sort(order[dup + 1])
         raise GradscoreError(
             f"{where} must be unique; {format_rows(rows)} repeat an earlier id "
-            f"(first repeated id: {ids[rows[0]]!r})"
+            f"(first repeated id: {ids[rows[0]].item() if hasattr(ids[rows[0]], 'item') else ids[rows[0]]!r})"
         )
 
 

@@ -317,7 +317,8 @@ def _raise_duplicates(sources, order, dup, sorted_ids):
         return f"{sources[i].path} row {row - starts[i]}"
 
     first_dup = sorted_ids[dup[0]]
-    a, b = sorted(order[sorted_ids == first_dup][:2])
+    first_dup = first_dup.item() if hasattr(first_dup, "item") else first_dup
+    a, b = sorted(order[sorted_ids == first_dup][:2].tolist())
     raise GradscoreError(
         f"dataset 'ids' must be unique across all inputs; {dup.size} duplicate(s), "
         f"first: id {first_dup!r} at {where(a)} and {where(b)}")
