@@ -214,6 +214,16 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
     return _score(labels, logits_arr, features, active=active, progress=progress, **params)
 
 
+def _canonical_order(logits, features=None):
+    """Order rows by content: lexicographic for narrow rows, else by a fixed
+    random projection (ties there mean equal rows, or practically so)."""
+    x = logits if features is None else np.concatenate([logits, features], axis=1)
+    if x.shape[1] <= 32:
+        return np.lexsort(x.T[::-1])
+    w = np.random.default_rng(12345).standard_normal(x.shape[1])
+    return np.argsort(x.astype(np.float64) @ w, kind="stable")
+
+
 def _score(labels, logits, features, *, method, gradient, fraction,
            cluster_threshold, k, drop_fraction, z_threshold, max_drop_fraction,
            label_smoothing, neighbors, dense_max, num_classes, random_state,
@@ -279,9 +289,8 @@ def _score(labels, logits, features, *, method, gradient, fraction,
         # Canonical order within the class (by content, not input position):
         # greedy ties and floating-point sums then come out the same however
         # the caller ordered the rows, so permuting rows permutes decisions.
-        content = logits[rows] if gradient == "logits" else \
-            np.concatenate([logits[rows], features[rows]], axis=1)
-        rows = rows[np.lexsort(content.T[::-1])]
+        rows = rows[_canonical_order(logits[rows], None if gradient == "logits"
+                                     else features[rows])]
         k_c = min(k, rows.size - 1)
         if k_c < k:
             warnings.warn(f"class {c} has {rows.size} examples, too few for k={k}; "
