@@ -23,10 +23,11 @@ from .io import (Epoch, EpochWriter, describe, keep_mask, read_epoch, read_keepl
                  write_epoch, write_keeplist, write_scores)
 from .pipeline import ClassReport, ScoreResult, score
 from .api import score_files
+from .schedule import DropSchedule
 
 __all__ = [
     "__version__", "GradscoreError", "GradscoreWarning", "Epoch", "EpochWriter",
     "describe", "keep_mask", "read_epoch", "read_keeplist", "write_epoch",
     "write_keeplist", "write_scores", "ClassReport", "ScoreResult", "score",
-    "score_files",
+    "score_files", "DropSchedule",
 ]
