@@ -184,5 +184,8 @@ def inspect(files, as_json):
         click.echo(f"classes with no examples: {len(empty)} (first: {empty[:10]})")
 
 
+from .onnx_commands import register as _register_onnx  # noqa: E402
+_register_onnx(main)
+
 if __name__ == "__main__":
     main()

@@ -17,6 +17,9 @@ Backends
     pynndescent, approximate; for classes too large for exact search. Its
     numba code takes tens of seconds to compile in each new process, so
     ``"auto"`` only picks it when the exact paths would be slower still.
+``"onnx"``
+    Exact, blocked Gram matrix + TopK on ONNX Runtime (CUDA when usable);
+    see :mod:`gradscore.onnx.backend`. Needs ``gradscore[onnx]``.
 ``"auto"``
     ``kdtree`` for explicit vectors of dimension <= ``KDTREE_MAX_DIM``,
     else ``brute`` for classes of at most ``BRUTE_MAX_N`` examples, else
@@ -41,6 +44,15 @@ _BACKENDS = {
     "brute": brute_kneighbors,
     "nndescent": nndescent_kneighbors,
 }
+
+
+def _onnx_kneighbors(grads, k, *, random_state=None):
+    # Imported on call: importing gradscore must never need onnxruntime.
+    from ..onnx.backend import registered_backend
+    return registered_backend(grads, k, random_state=random_state)
+
+
+_BACKENDS["onnx"] = _onnx_kneighbors
 
 
 def register_backend(name, func):

@@ -1,0 +1,377 @@
+"""Render one scored epoch as a self-contained HTML page.
+
+Everything the page shows is inside it: CSS inline, plots and thumbnails as
+base64 PNG ``data:`` URIs drawn with matplotlib's Agg canvas (no pyplot, so
+no global backend is touched). No script, no remote resource. Every string
+from the data (ids, paths, tensor names) is HTML-escaped.
+"""
+
+import base64
+from datetime import datetime, timezone
+import html
+import io
+import os
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import GradscoreError
+from ..io._atomic import atomic_path
+from ..pipeline import DROPPED
+
+#: Classes drawn in the score-distribution grid; beyond this, those with
+#: most drops.
+MAX_PLOTTED_CLASSES = 20
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2em auto;
+max-width:1180px;color:#1d1d1f;padding:0 1em;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;
+margin-top:1.6em}h3{margin:1.2em 0 .3em}
+table{border-collapse:collapse;margin:.4em 0;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f6}td.l,th.l{text-align:left}
+.meta td{text-align:left}.muted{color:#666;font-size:.9em}
+.dropped{background:#fde8e8}.badge{display:inline-block;padding:0 .4em;border-radius:3px;
+font-size:.85em}.b-dropped{background:#c0392b;color:#fff}.b-kept{background:#e8f5e9}
+.b-dropped-before{background:#999;color:#fff}
+img.thumb{width:64px;height:64px;image-rendering:pixelated;border:1px solid #ccc;
+display:block;margin:0 auto .2em}
+.exs{display:flex;flex-wrap:wrap;gap:.5em}.ex{border:1px solid #ddd;border-radius:6px;
+padding:.4em;width:7.2em;font-size:.8em;text-align:center;background:#fff}
+.ex.dropped{background:#fde8e8;border-color:#e3a0a0}.exid{font-weight:600;
+overflow-wrap:anywhere}.warn{color:#c0392b;font-weight:600}
+.class-block h3{margin-bottom:.3em}td.hit{background:#fde8e8;font-weight:600}
+img.plot{max-width:100%}
+.cards{display:flex;gap:1em;flex-wrap:wrap}.card{background:#f4f4f6;border-radius:6px;
+padding:.6em 1em;min-width:9em}.card b{display:block;font-size:1.5em}
+"""
+
+
+def _esc(v):
+    return html.escape(str(v), quote=True)
+
+
+def _png(fig):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(**kw):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise GradscoreError(f"the HTML report needs matplotlib ({exc}); install it "
+                             "with: pip install 'gradscore[report]'") from None
+    return Figure(**kw)
+
+
+def image_shape_of(input_shape, image_shape=None):
+    """How to show one example's input as an image, or None when it is not one.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        Shape of one example (without the batch axis).
+    image_shape : tuple of int, default=None
+        Explicit ``(H, W)`` or ``(H, W, 3)`` for flat inputs.
+
+    Returns
+    -------
+    layout : tuple or None
+        ``("hw", H, W)``, ``("chw", C, H, W)`` or ``("hwc", H, W, C)``.
+    """
+    s = tuple(int(v) for v in input_shape)
+    if image_shape is not None:
+        image_shape = tuple(int(v) for v in image_shape)
+        if int(np.prod(image_shape)) != int(np.prod(s)):
+            raise GradscoreError(f"'image_shape' {image_shape} holds {int(np.prod(image_shape))}"
+                                 f" values but one input has shape {s} "
+                                 f"({int(np.prod(s))} values)")
+        if len(image_shape) == 2:
+            return ("hw",) + image_shape
+        if len(image_shape) == 3 and image_shape[2] in (1, 3):
+            return ("hwc",) + image_shape
+        raise GradscoreError(f"'image_shape' must be (H, W) or (H, W, 1|3); got {image_shape}")
+    if len(s) == 2 and min(s) >= 4:
+        return ("hw",) + s
+    if len(s) == 3 and s[0] in (1, 3) and min(s[1:]) >= 4:
+        return ("chw",) + s
+    if len(s) == 3 and s[2] in (1, 3) and min(s[:2]) >= 4:
+        return ("hwc",) + s
+    return None
+
+
+def _to_image(x, layout):
+    kind = layout[0]
+    x = np.asarray(x, dtype=np.float64)
+    if kind == "hw":
+        img = x.reshape(layout[1:])
+    elif kind == "chw":
+        img = np.moveaxis(x.reshape(layout[1:]), 0, -1)
+    else:
+        img = x.reshape(layout[1:])
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    lo, hi = np.nanmin(img), np.nanmax(img)
+    img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return np.clip(np.nan_to_num(img), 0.0, 1.0)
+
+
+def _thumb(x, layout):
+    from matplotlib.image import imsave
+
+    buf = io.BytesIO()
+    img = _to_image(x, layout)
+    imsave(buf, img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0,
+           format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def drop_thresholds(result, labels):
+    """The score line drawn per class, and what it means.
+
+    For ``knn-density`` without ``drop_fraction``, the robust rule's own
+    threshold ``median - z * 1.4826 * MAD`` (None when the MAD is 0).
+    Otherwise the highest score among the class's dropped examples (None
+    when none was dropped): EPIC drops by cluster size, not by score, so
+    there the line marks the boundary the decisions happened to draw.
+
+    Returns
+    -------
+    thresholds : dict of int to float or None
+    meaning : str
+    """
+    p = result.params
+    robust = p.get("method") == "knn-density" and p.get("drop_fraction") is None
+    out = {}
+    for c in result.classes:
+        rows = np.flatnonzero(labels == c.label)
+        s = result.scores[rows]
+        finite = np.isfinite(s)
+        dropped = result.decision[rows] == DROPPED
+        if robust:
+            if finite.sum() < 2:
+                out[c.label] = None
+                continue
+            med = np.median(s[finite])
+            mad = 1.4826 * np.median(np.abs(s[finite] - med))
+            out[c.label] = None if mad == 0 else float(med - p["z_threshold"] * mad)
+        else:
+            out[c.label] = float(np.max(s[dropped & finite])) if np.any(dropped & finite) \
+                else None
+    meaning = ("robust threshold median - z * 1.4826 * MAD (z = "
+               f"{p.get('z_threshold')})" if robust else
+               "highest score among dropped examples")
+    return out, meaning
+
+
+def _distribution_plot(result, labels, thresholds, meaning):
+    classes = [c for c in result.classes if c.n_scored >= 2]
+    if len(classes) > MAX_PLOTTED_CLASSES:
+        classes = sorted(classes, key=lambda c: (-c.dropped, c.label))[:MAX_PLOTTED_CLASSES]
+        classes.sort(key=lambda c: c.label)
+    if not classes:
+        return None
+    cols = min(5, len(classes))
+    nrows = -(-len(classes) // cols)
+    fig = _figure(figsize=(2.3 * cols, 1.9 * nrows + 0.5), dpi=100, layout="constrained")
+    axes = fig.subplots(nrows, cols, squeeze=False)
+    for ax in axes.ravel()[len(classes):]:
+        ax.set_visible(False)
+    for ax, c in zip(axes.ravel(), classes):
+        rows = np.flatnonzero(labels == c.label)
+        s = result.scores[rows]
+        dec = result.decision[rows]
+        ok = np.isfinite(s)
+        if not ok.any():
+            ax.set_visible(False)
+            continue
+        bins = np.histogram_bin_edges(s[ok], bins=25)
+        ax.hist([s[ok & (dec != DROPPED)], s[ok & (dec == DROPPED)]], bins=bins,
+                stacked=True, color=["#5b8def", "#c0392b"], label=["kept", "dropped"])
+        t = thresholds.get(c.label)
+        if t is not None:
+            ax.axvline(t, color="#222", linestyle="--", linewidth=1.2)
+        ax.set_title(f"class {c.label}: {c.dropped} of {c.n_scored} dropped", fontsize=9)
+        ax.tick_params(labelsize=7)
+    handles, names = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside upper right", fontsize=8, ncols=2)
+    fig.suptitle(f"Density score per class (higher = more typical); dashed: {meaning}",
+                 fontsize=10)
+    return _png(fig)
+
+
+def _suspicious(result, labels, c, per_class):
+    rows = np.flatnonzero(labels == c)
+    s = result.scores[rows]
+    dropped = result.decision[rows] == DROPPED
+    # Dropped first, then least dense; unscored (NaN) last; ties by row.
+    key_s = np.where(np.isfinite(s), s, np.inf)
+    order = np.lexsort((rows, key_s, ~dropped))
+    return rows[order[:per_class]]
+
+
+def write_report(path, *, result, epoch, model_path=None, data_path=None,
+                 extract_info=None, files=None, image_shape=None, per_class=8,
+                 title="gradscore audit"):
+    """Write the audit report for one scored epoch, atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``.html`` file to write.
+    result : ScoreResult
+    epoch : Epoch
+        The epoch ``result`` was computed from (rows in the same order).
+    model_path, data_path : str, default=None
+        Shown in the header; ``data_path`` also supplies thumbnails.
+    extract_info : dict, default=None
+        From :func:`gradscore.onnx.extract` (device, tensor names).
+    files : dict of str to str, default=None
+        Files to link (``keep``, ``scores``, ``export``), relative to the report.
+    image_shape : tuple of int, default=None
+        Show flat inputs as images of this shape.
+    per_class : int, default=8
+        Most suspicious examples listed per class (dropped first, then by
+        lowest score).
+    title : str, default="gradscore audit"
+
+    Returns
+    -------
+    path : str
+    """
+    path = os.fspath(path)
+    labels = epoch.labels
+    info = extract_info or {}
+    layout, inputs_for = None, {}
+    picks = {c.label: _suspicious(result, labels, c.label, per_class) for c in result.classes}
+    if data_path is not None:
+        from ..onnx.extract import dataset_rows, read_dataset_info, read_inputs
+
+        dinfo = read_dataset_info(data_path)
+        layout = image_shape_of(dinfo["input_shape"], image_shape)
+        if layout is not None:
+            wanted = np.concatenate([p for p in picks.values()] or [np.zeros(0, np.int64)])
+            if wanted.size:
+                drows = dataset_rows(data_path, epoch.ids[wanted])
+                xs = read_inputs(data_path, drows)
+                inputs_for = {int(r): x for r, x in zip(wanted, xs)}
+    thresholds, meaning = drop_thresholds(result, labels)
+    summary = result.summary()
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{_esc(title)}</h1>",
+             f"<p class=\"muted\">gradscore {_esc(__version__)}, "
+             f"{_esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}. "
+             "Scores: k-NN density in gradient space, <b>higher = denser = more "
+             "typical</b>; isolated examples (low scores, tiny EPIC clusters) are the "
+             "likely poisons.</p>"]
+    parts.append(_summary_section(result, epoch, summary, model_path, data_path, info))
+    parts.append(_distribution_section(result, labels, thresholds, meaning))
+    parts.append(_suspicious_section(result, epoch, picks, inputs_for, layout, per_class))
+    parts.append(_files_section(path, files))
+    parts.append("</body></html>\n")
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(parts))
+    return path
+
+
+def _summary_section(result, epoch, summary, model_path, data_path, info):
+    p = result.params
+    meta = [("model", model_path), ("dataset", data_path),
+            ("logits tensor", info.get("logits_output")),
+            ("features tensor", info.get("features_output")),
+            ("onnxruntime device", f"{info['device']} ({info.get('reason', '')})"
+             if info.get("device") else None),
+            ("method", f"{p.get('method')} (gradient={p.get('gradient')}, k={p.get('k')}, "
+                       f"fraction={p.get('fraction')}, cluster_threshold="
+                       f"{p.get('cluster_threshold')}, max_drop_fraction="
+                       f"{p.get('max_drop_fraction')})")]
+    rows = "".join(f"<tr><th class=\"l\">{_esc(k)}</th><td>{_esc(v)}</td></tr>"
+                   for k, v in meta if v is not None)
+    cards = [("examples", summary["n"]), ("classes", epoch.num_classes),
+             ("features", epoch.n_features if epoch.n_features is not None else "none"),
+             ("kept", summary["kept"]), ("dropped", summary["dropped"]),
+             ("dropped before", summary["dropped_before"])]
+    card_html = "".join(f"<div class=\"card\">{_esc(k)}<b>{_esc(v)}</b></div>"
+                        for k, v in cards)
+    cls = "".join(
+        f"<tr><td>{c.label}</td><td>{c.n}</td>"
+        f"<td>{c.n_scored}</td><td>{c.dropped}</td><td>{c.k_used}</td>"
+        f"<td class=\"l\">{_esc(c.neighbors)}</td><td class=\"l\">"
+        f"{_esc(c.epic_mode or '')}</td>"
+        + ("<td class=\"hit\">yes</td>" if c.cap_hit else "<td></td>") + "</tr>"
+        for c in result.classes)
+    return (f"<section id=\"summary\"><h2>Dataset summary</h2>"
+            f"<div class=\"cards\">{card_html}</div>"
+            f"<table class=\"meta\">{rows}</table>"
+            "<h3>Per class</h3><table id=\"class-table\"><tr><th>class</th><th>n</th>"
+            "<th>scored</th><th>dropped</th><th>k</th><th class=\"l\">neighbours</th>"
+            f"<th class=\"l\">EPIC mode</th><th>cap hit</th></tr>{cls}</table></section>")
+
+
+def _distribution_section(result, labels, thresholds, meaning):
+    uri = _distribution_plot(result, labels, thresholds, meaning)
+    body = (f"<img class=\"plot\" alt=\"score distributions per class\" src=\"{uri}\">"
+            if uri else "<p>No class had two or more scored examples.</p>")
+    return (f"<section id=\"distributions\"><h2>Score distributions</h2>"
+            f"<p class=\"muted\">Histogram of each class's scores, dropped examples in red; "
+            f"dashed line: {_esc(meaning)}.</p>{body}</section>")
+
+
+def _suspicious_section(result, epoch, picks, inputs_for, layout, per_class):
+    out = [f"<section id=\"suspicious\"><h2>Most suspicious examples</h2>"
+           f"<p class=\"muted\">Per class, up to {per_class}: dropped first, then lowest "
+           "score (least typical). Each card: the input, its id, score, EPIC cluster size "
+           "(where EPIC ran), the model's predicted class and the decision.</p>"]
+    thumbs = layout is not None and bool(inputs_for)
+    warn = ' class="warn"'
+    for c in result.classes:
+        rows = picks[c.label]
+        if rows.size == 0:
+            continue
+        cards = []
+        for r in rows.tolist():
+            dec = str(result.decision[r])
+            sc = result.scores[r]
+            cs = int(result.cluster_size[r])
+            img = ""
+            if thumbs:
+                img = (f"<img class=\"thumb\" alt=\"input of id {_esc(epoch.ids[r])}\" "
+                       f"src=\"{_thumb(inputs_for[r], layout)}\">")
+            score_text = f"{sc:.4f}" if np.isfinite(sc) else "unscored"
+            pred = int(np.argmax(epoch.logits[r]))
+            cards.append(
+                f"<div class=\"ex {_esc(dec)}\" data-id=\"{_esc(epoch.ids[r])}\" "
+                f"data-score=\"{_esc(repr(float(sc)))}\" data-decision=\"{_esc(dec)}\">"
+                f"{img}<div class=\"exid\">id {_esc(epoch.ids[r])}</div>"
+                f"<div>score {score_text}</div>"
+                + (f"<div>cluster {cs}</div>" if cs >= 0 else "")
+                + f"<div{warn if pred != c.label else ''}>pred {pred}</div>"
+                f"<span class=\"badge b-{_esc(dec)}\">{_esc(dec)}</span></div>")
+        out.append(f"<div class=\"class-block\" data-class=\"{c.label}\"><h3>Class "
+                   f"{c.label} <span class=\"muted\">({c.dropped} dropped of {c.n_scored} "
+                   f"scored)</span></h3><div class=\"exs\">{''.join(cards)}</div></div>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _files_section(path, files):
+    items = []
+    labels = {"keep": "keep-list (ids to keep, one per line)",
+              "scores": "per-example scores (id, label, score, cluster_size, decision)",
+              "export": "schema-v1 export (labels, logits, features)"}
+    folder = os.path.dirname(os.path.abspath(path))
+    for key, text in labels.items():
+        f = (files or {}).get(key)
+        if not f:
+            continue
+        rel = os.path.relpath(os.path.abspath(f), folder)
+        size = os.path.getsize(f) if os.path.exists(f) else 0
+        items.append(f"<li><a href=\"{_esc(rel)}\">{_esc(rel)}</a>: {_esc(text)}, "
+                     f"{size:,} bytes</li>")
+    body = f"<ul>{''.join(items)}</ul>" if items else "<p>No files.</p>"
+    return f"<section id=\"files\"><h2>Files</h2>{body}</section>"
