@@ -97,12 +97,15 @@ def main():
               help="Keep-list of an earlier epoch: drops are cumulative.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for randomised neighbour search.")
+@click.option("-j", "--jobs", type=int, default=-1, show_default=True,
+              help="Classes scored side by side in threads; -1: one per CPU core. "
+                   "Results do not depend on it.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings or summary.")
 def score(files, output, scores_path, method, gradient, fraction, cluster_threshold, k,
           drop_fraction, z_threshold, max_drop_fraction, label_smoothing, neighbors,
-          dense_max, previous, seed, as_json, quiet):
+          dense_max, previous, seed, jobs, as_json, quiet):
     """Score one epoch's export FILES (or its shards) and write a keep-list.
 
     \b
@@ -120,7 +123,7 @@ def score(files, output, scores_path, method, gradient, fraction, cluster_thresh
             cluster_threshold=cluster_threshold, k=k, drop_fraction=drop_fraction,
             z_threshold=z_threshold, max_drop_fraction=max_drop_fraction,
             label_smoothing=label_smoothing, neighbors=neighbors, dense_max=dense_max,
-            random_state=seed)
+            random_state=seed, n_jobs=jobs)
     summary = result.summary()
     summary["output"] = out
     summary["scores"] = scores_path

@@ -5,6 +5,8 @@ call :func:`_score` after validating once.
 """
 
 from dataclasses import dataclass, field, asdict
+from concurrent.futures import ThreadPoolExecutor
+import os
 import warnings
 
 import numpy as np
@@ -100,7 +102,7 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
           fraction=0.2, cluster_threshold=1, k=20, drop_fraction=None,
           z_threshold=3.0, max_drop_fraction=0.5, label_smoothing=0.0,
           neighbors="auto", dense_max=DENSE_MAX, num_classes=None,
-          active=None, random_state=0, progress=False):
+          active=None, random_state=0, progress=False, n_jobs=None):
     """Decide which examples to keep, from one epoch's labels, logits and features.
 
     Parameters
@@ -152,6 +154,9 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         Seed for randomised neighbour backends.
     progress : bool, default=False
         Show a progress bar over classes on stderr.
+    n_jobs : int, default=None
+        Threads scoring classes side by side; None or -1 means one per CPU
+        core (as in cleanlab). Results do not depend on it.
 
     Returns
     -------
@@ -211,7 +216,87 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         num_classes=num_classes,
         random_state=None if random_state is None else check_int("random_state", random_state),
     )
-    return _score(labels, logits_arr, features, active=active, progress=progress, **params)
+    if n_jobs is not None:
+        n_jobs = check_int("n_jobs", n_jobs)
+        if n_jobs == 0:
+            raise GradscoreError("'n_jobs' must be a positive int, -1 or None; got 0")
+    return _score(labels, logits_arr, features, active=active, progress=progress,
+                  n_jobs=n_jobs, **params)
+
+
+def _n_threads(n_jobs, n_tasks):
+    if n_jobs is None or n_jobs < 0:
+        n_jobs = os.cpu_count() or 1
+    return max(1, min(n_jobs, n_tasks))
+
+
+def _score_class(c, rows_all, rows, *, labels, logits, features, method, gradient,
+                 fraction, cluster_threshold, k, drop_fraction, z_threshold,
+                 max_drop_fraction, label_smoothing, neighbors, dense_max, num_classes,
+                 random_state, agreement=None, deep_drop=None, k_all=None, used=None):
+    """Score one class.
+
+    Returns ``(report, rows, scores, cluster_size, drop, warnings)`` where the
+    arrays follow ``rows`` (which may be reordered) and are None when the
+    class was too small to score.
+    """
+    report = ClassReport(label=c, n=rows_all.size, n_scored=rows.size, k_used=0,
+                         neighbors="none", dropped=0,
+                         dropped_before=int(rows_all.size - rows.size), cap_hit=False)
+    messages = []
+    if rows.size < 2:
+        if rows.size:
+            messages.append(f"class {c} has {rows.size} example to score; it is kept unscored")
+        return report, rows, None, None, None, messages
+    csize = None
+    if method == "deep-knn":
+        report.k_used, report.neighbors = k_all, used
+        s = agreement[rows]
+        d = deep_drop[rows]
+    elif method == "spectral":
+        s = spectral_scores(features[rows])
+        d = drop_by_fraction(s, drop_fraction) if drop_fraction is not None \
+            else drop_by_robust_threshold(s, z_threshold)
+    else:
+        # Canonical order within the class (by content, not input position):
+        # greedy ties and floating-point sums then come out the same however
+        # the caller ordered the rows, so permuting rows permutes decisions.
+        rows = rows[_canonical_order(logits[rows], None if gradient == "logits"
+                                     else features[rows])]
+        k_c = min(k, rows.size - 1)
+        if k_c < k:
+            messages.append(f"class {c} has {rows.size} examples, too few for k={k}; "
+                            f"using k={k_c}")
+        report.k_used = k_c
+        grads = class_gradients(
+            labels[rows], logits[rows], None if features is None else features[rows],
+            gradient=gradient, num_classes=num_classes, label_smoothing=label_smoothing)
+        d2_full = None
+        if method == "epic" and rows.size <= dense_max:
+            d2_full = nb.pairwise_sqdist(grads)
+            knn_idx, knn_d2 = nb.knn_from_sqdist(d2_full, k_c)
+            report.neighbors = "dense"
+        else:
+            knn_idx, knn_d2, report.neighbors = nb.kneighbors(
+                grads, k_c, backend=neighbors, random_state=random_state)
+        s = knn_density(knn_d2)
+        if method == "epic":
+            if d2_full is not None:
+                res = epic_dense(d2_full, fraction=fraction, cluster_threshold=cluster_threshold)
+            else:
+                res = epic_sparse(grads, knn_idx, knn_d2, fraction=fraction,
+                                  cluster_threshold=cluster_threshold)
+            del d2_full
+            csize = res.cluster_size
+            report.epic_mode, report.n_medoids = res.mode, int(res.medoids.size)
+            d = res.drop
+        elif drop_fraction is not None:
+            d = drop_by_fraction(s, drop_fraction)
+        else:
+            d = drop_by_robust_threshold(s, z_threshold)
+    d, report.cap_hit = apply_cap(d, s, max_drop_fraction)
+    report.dropped = int(d.sum())
+    return report, rows, s, csize, d, messages
 
 
 def _canonical_order(logits, features=None):
@@ -227,7 +312,7 @@ def _canonical_order(logits, features=None):
 def _score(labels, logits, features, *, method, gradient, fraction,
            cluster_threshold, k, drop_fraction, z_threshold, max_drop_fraction,
            label_smoothing, neighbors, dense_max, num_classes, random_state,
-           active=None, progress=False):
+           active=None, progress=False, n_jobs=None):
     """:func:`score` on validated input."""
     params = dict(
         method=method, gradient=gradient, fraction=fraction,
@@ -252,80 +337,41 @@ def _score(labels, logits, features, *, method, gradient, fraction,
         k_all = min(k, act.size - 1)
         agreement = np.full(n, np.nan)
         deep_drop = np.zeros(n, dtype=bool)
+        used = "none"
         if k_all >= 1:
             idx, _, used = nb.kneighbors(DenseGradients(features[act]), k_all,
                                          backend=neighbors, random_state=random_state)
             agreement[act], deep_drop[act] = deep_knn_agreement(labels[act], idx, num_classes)
-    for c in progress_bar(present, enabled=progress, desc="classes", unit="class"):
+    ctx = dict(labels=labels, logits=logits, features=features, method=method,
+               gradient=gradient, fraction=fraction, cluster_threshold=cluster_threshold,
+               k=k, drop_fraction=drop_fraction, z_threshold=z_threshold,
+               max_drop_fraction=max_drop_fraction, label_smoothing=label_smoothing,
+               neighbors=neighbors, dense_max=dense_max, num_classes=num_classes,
+               random_state=random_state)
+    if method == "deep-knn":
+        ctx.update(agreement=agreement, deep_drop=deep_drop, k_all=k_all, used=used)
+
+    def one(c):
         rows_all = order[bounds[c]:bounds[c + 1]]
-        rows = rows_all[active[rows_all]]
-        report = ClassReport(label=c, n=rows_all.size, n_scored=rows.size, k_used=0,
-                             neighbors="none", dropped=0,
-                             dropped_before=int(rows_all.size - rows.size), cap_hit=False)
-        reports.append(report)
-        if rows.size < 2:
-            if rows.size:
-                warnings.warn(f"class {c} has {rows.size} example to score; it is kept "
-                              "unscored", GradscoreWarning, stacklevel=2)
-            continue
-        if method == "deep-knn":
-            report.k_used, report.neighbors = k_all, used
-            s = agreement[rows]
-            scores[rows] = s
-            d, report.cap_hit = apply_cap(deep_drop[rows], s, max_drop_fraction)
-            report.dropped = int(d.sum())
-            drop[rows] = d
-            continue
-        if method == "spectral":
-            s = spectral_scores(features[rows])
-            scores[rows] = s
-            d = drop_by_fraction(s, drop_fraction) if drop_fraction is not None \
-                else drop_by_robust_threshold(s, z_threshold)
-            d, report.cap_hit = apply_cap(d, s, max_drop_fraction)
-            report.dropped = int(d.sum())
-            report.neighbors = "none"
-            drop[rows] = d
-            continue
-        # Canonical order within the class (by content, not input position):
-        # greedy ties and floating-point sums then come out the same however
-        # the caller ordered the rows, so permuting rows permutes decisions.
-        rows = rows[_canonical_order(logits[rows], None if gradient == "logits"
-                                     else features[rows])]
-        k_c = min(k, rows.size - 1)
-        if k_c < k:
-            warnings.warn(f"class {c} has {rows.size} examples, too few for k={k}; "
-                          f"using k={k_c}", GradscoreWarning, stacklevel=2)
-        report.k_used = k_c
-        grads = class_gradients(
-            labels[rows], logits[rows], None if features is None else features[rows],
-            gradient=gradient, num_classes=num_classes, label_smoothing=label_smoothing)
-        d2_full = None
-        if method == "epic" and rows.size <= dense_max:
-            d2_full = nb.pairwise_sqdist(grads)
-            knn_idx, knn_d2 = nb.knn_from_sqdist(d2_full, k_c)
-            report.neighbors = "dense"
-        else:
-            knn_idx, knn_d2, report.neighbors = nb.kneighbors(
-                grads, k_c, backend=neighbors, random_state=random_state)
-        s = knn_density(knn_d2)
-        scores[rows] = s
-        if method == "epic":
-            if d2_full is not None:
-                res = epic_dense(d2_full, fraction=fraction, cluster_threshold=cluster_threshold)
-            else:
-                res = epic_sparse(grads, knn_idx, knn_d2, fraction=fraction,
-                                  cluster_threshold=cluster_threshold)
-            del d2_full
-            cluster_size[rows] = res.cluster_size
-            report.epic_mode, report.n_medoids = res.mode, int(res.medoids.size)
-            d = res.drop
-        elif drop_fraction is not None:
-            d = drop_by_fraction(s, drop_fraction)
-        else:
-            d = drop_by_robust_threshold(s, z_threshold)
-        d, report.cap_hit = apply_cap(d, s, max_drop_fraction)
-        report.dropped = int(d.sum())
-        drop[rows] = d
+        return _score_class(c, rows_all, rows_all[active[rows_all]], **ctx)
+
+    jobs = _n_threads(n_jobs, len(present))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        # Classes run in threads (numpy, BLAS and the numba kernels release the
+        # GIL); results and warnings are gathered in class order, so output
+        # does not depend on scheduling.
+        outcomes = pool.map(one, present) if jobs > 1 else map(one, present)
+        for out in progress_bar(outcomes, enabled=progress, total=len(present),
+                                desc="classes", unit="class"):
+            report, rows, s, csize, d, messages = out
+            for m in messages:
+                warnings.warn(m, GradscoreWarning, stacklevel=3)
+            reports.append(report)
+            if s is not None:
+                scores[rows] = s
+                drop[rows] = d
+            if csize is not None:
+                cluster_size[rows] = csize
     keep = active & ~drop
     decision = np.where(keep, KEPT, np.where(active, DROPPED, DROPPED_BEFORE)).astype(object)
     return ScoreResult(keep=keep, scores=scores, cluster_size=cluster_size,

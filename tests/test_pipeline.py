@@ -196,3 +196,14 @@ def test_bad_arrays_are_named_in_errors():
         f = feats.copy()
         f[0, 0] = np.inf
         gradscore.score(labels, logits, f, gradient="last-layer")
+
+
+def test_results_do_not_depend_on_threads():
+    labels, logits, feats = make_data(n=900, c=6, seed=12)
+    one = gradscore.score(labels, logits, feats, gradient="last-layer", n_jobs=1)
+    many = gradscore.score(labels, logits, feats, gradient="last-layer", n_jobs=3)
+    assert (one.keep == many.keep).all()
+    np.testing.assert_array_equal(one.scores, many.scores)
+    assert [c.label for c in many.classes] == list(range(6))
+    with pytest.raises(GradscoreError, match="'n_jobs' must be"):
+        gradscore.score(labels, logits, n_jobs=0)

@@ -56,7 +56,7 @@ def _pop(hg, hi, size):
     return g, i, size
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dense_facility_location(d2, big_m, budget):
     """Greedy facility location on a dense kernel ``s = big_m - d2``.
 
@@ -106,7 +106,7 @@ def dense_facility_location(d2, big_m, budget):
     return medoids
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sparse_facility_location(indptr, members, member_d2, dnear0, budget):
     """Greedy facility location on a sparse neighbour graph.
 
