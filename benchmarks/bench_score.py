@@ -56,42 +56,45 @@ def ensure(name, n, c, d, dtype):
 
 def run_measured(path, extra, out_dir):
     keep = os.path.join(out_dir, "bench.keep.txt")
-    cmd = ["/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "gradscore_cli.main",
+    cmd = ["/usr/bin/time", "-f", "%e %M %U %S", sys.executable, "-m", "gradscore_cli.main",
            "score", path, "-o", keep, "-q", "--json"] + extra
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-    wall, rss_kb = proc.stderr.strip().splitlines()[-1].split()
-    return float(wall), int(rss_kb) / 1024, json.loads(proc.stdout)
+    wall, rss_kb, user, system = proc.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(rss_kb) / 1024, float(user) + float(system), json.loads(proc.stdout)
 
 
 def bench(name, n, c, d, dtype, extra, repeat, out_dir):
     path = ensure(name.split("-")[0] if name != "scaling" else "scaling", n, c, d, dtype)
-    walls, rsss = [], []
+    walls, rsss, cpus = [], [], []
     summary = None
     for _ in range(repeat):
-        wall, rss, summary = run_measured(path, extra, out_dir)
+        wall, rss, cpu, summary = run_measured(path, extra, out_dir)
         walls.append(wall)
         rsss.append(rss)
+        cpus.append(cpu)
     used = sorted({cl["neighbors"] for cl in summary["classes"]})
     modes = sorted({str(cl["epic_mode"]) for cl in summary["classes"]})
     return {"config": name, "n": n, "classes": c, "features": d, "dtype": dtype,
             "args": " ".join(extra), "wall_median_s": statistics.median(walls),
             "wall_all_s": walls, "rss_median_mib": statistics.median(rsss),
+            "cpu_median_s": statistics.median(cpus), "load_before": os.getloadavg()[0],
             "neighbors": used, "epic_mode": modes, "dropped": summary["dropped"],
             "file_mib": os.path.getsize(path) / 2**20}
 
 
 def table(rows, targets):
-    lines = ["| config | N | C | D | dtype | args | wall (median) | peak RSS (median) | "
-             "neighbours (auto) | EPIC mode | dropped | target |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| config | N | C | D | dtype | args | wall (median) | CPU user+sys (median) | "
+             "peak RSS (median) | neighbours (auto) | EPIC mode | dropped | load avg | target |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['n']:,} | {r['classes']} | {r['features']} | {r['dtype']} | "
-            f"{r['args'] or '-'} | {r['wall_median_s']:.2f} s | {r['rss_median_mib']:.0f} MiB | "
+            f"{r['args'] or '-'} | {r['wall_median_s']:.2f} s | {r['cpu_median_s']:.1f} s | "
+            f"{r['rss_median_mib']:.0f} MiB | "
             f"{', '.join(r['neighbors'])} | {', '.join(r['epic_mode'])} | {r['dropped']:,} | "
-            f"{targets.get(r['config'], '')} |")
+            f"{r['load_before']:.1f} | {targets.get(r['config'], '')} |")
     return "\n".join(lines)
 
 
@@ -140,7 +143,9 @@ def main():
             print(f"{name} ...", file=sys.stderr)
             rows.append(bench("scaling", n, 10, 512, dtype, [], a.repeat, out_dir))
             rows[-1]["config"] = name
-    text = (f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}.\n"
+    text = (f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. 'load avg' is the "
+            f"1-minute load average when the row's first run began (2 cores: above 1, "
+            f"other work shared them).\n"
             f"Command: `python benchmarks/bench_score.py {' '.join(sys.argv[1:])}`\n\n"
             + table(rows, targets))
     print(text)
