@@ -245,3 +245,23 @@ def test_keep_mask_requires_every_previous_id_in_the_export():
     with pytest.raises(GradscoreError, match=r"has 2 id\(s\) that the export lacks \(first: 10, 11\)"):
         gradscore.keep_mask(np.arange(10), np.array([1, 10, 11]))
     assert gradscore.keep_mask(np.array(["1", "2"], dtype=object), np.array([2])).tolist() == [False, True]
+
+
+def test_writer_takes_its_layout_from_the_first_batch(tmp_path):
+    labels, logits, feats = make_data(n=60)
+    path = tmp_path / "lazy.h5"
+    with gradscore.EpochWriter(path, epoch=2) as w:
+        assert not path.exists()
+        w.append(labels[:30], logits[:30], feats[:30], ids=np.arange(30))
+        w.append(labels[30:], logits[30:], feats[30:], ids=np.arange(30, 60))
+    ep = gradscore.read_epoch(path)
+    assert ep.num_classes == 4 and ep.n_features == 8 and ep.ids.tolist() == list(range(60))
+    with pytest.raises(GradscoreError, match="features missing but the writer was made with "
+                                             "n_features=8"):
+        with gradscore.EpochWriter(tmp_path / "x.h5") as w:
+            w.append(labels[:30], logits[:30], feats[:30])
+            w.append(labels[30:], logits[30:])
+    with pytest.raises(GradscoreError, match="no rows were appended"):
+        with gradscore.EpochWriter(tmp_path / "empty.h5"):
+            pass
+    assert sorted(os.listdir(tmp_path)) == ["lazy.h5"]

@@ -151,8 +151,9 @@ def export_epoch(model, data, path, *, layer=None, epoch=None, dtype=np.float32,
     kernel = np.asarray(_as_numpy(layer.kernel), dtype=np.float64)
     bias = np.asarray(_as_numpy(layer.bias), dtype=np.float64) if layer.use_bias else 0.0
     out = os.fspath(path)
-    writer = None
-    try:
+    # The writer takes its layout from the first batch and publishes the file
+    # only if the whole epoch went through.
+    with EpochWriter(out, epoch=epoch, dtype=dtype) as writer:
         for batch in data:
             if not isinstance(batch, (list, tuple)) or len(batch) != 3:
                 raise GradscoreError("export_epoch expects batches (ids, inputs, labels); got "
@@ -164,22 +165,10 @@ def export_epoch(model, data, path, *, layer=None, epoch=None, dtype=np.float32,
                                      "export needs 2-D (batch, n_features)")
             feats = feats.astype(np.float64)
             logits = feats @ kernel + bias
-            ids = _numpy_ids(ids)
             labels = _as_numpy(labels)
             if labels.ndim == 2 and labels.shape[1] == kernel.shape[1]:
                 raise GradscoreError("labels must be integer class indices, not one-hot")
-            if writer is None:
-                writer = EpochWriter(out, num_classes=kernel.shape[1], n_features=feats.shape[1],
-                                     id_kind="int" if ids.dtype.kind in "iu" else "str",
-                                     epoch=epoch, dtype=dtype)
-            writer.append(labels, logits, feats, ids)
-        if writer is None:
-            raise GradscoreError(f"{out}: the data yielded no batches")
-        writer.close()
-    except BaseException as exc:
-        if writer is not None:
-            writer.abort(exc)
-        raise
+            writer.append(labels, logits, feats, _numpy_ids(ids))
     return out
 
 

@@ -246,11 +246,12 @@ def export_epoch(model, loader, path, *, layer=None, epoch=None, rank=None,
 
     modes = [(m, m.training) for m in model.modules()]
     handle = module.register_forward_hook(hook, with_kwargs=True)
-    writer = None
     seen = 0
     try:
         model.eval()
-        with torch.no_grad():
+        # The writer takes its layout from the first batch and publishes the
+        # file only if the whole epoch went through.
+        with torch.no_grad(), EpochWriter(out, epoch=epoch, dtype=dtype) as writer:
             for batch in loader:
                 ids, inputs, labels = split(batch)
                 captured.clear()
@@ -276,19 +277,7 @@ def export_epoch(model, loader, path, *, layer=None, epoch=None, rank=None,
                         continue
                     ids, labels, feats, logits = ids[:take], labels[:take], \
                         feats[:take], logits[:take]
-                if writer is None:
-                    kind = "int" if ids.dtype.kind in "iu" else "str"
-                    writer = EpochWriter(out, num_classes=module.out_features,
-                                         n_features=feats.shape[1], id_kind=kind,
-                                         epoch=epoch, dtype=dtype)
                 writer.append(labels, logits, feats, ids)
-        if writer is None:
-            raise GradscoreError(f"{out}: the loader yielded no batches")
-        writer.close()
-    except BaseException as exc:
-        if writer is not None:
-            writer.abort(exc)
-        raise
     finally:
         handle.remove()
         for m, training in modes:

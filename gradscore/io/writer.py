@@ -21,7 +21,10 @@ class EpochWriter:
     Parameters
     ----------
     path : str or path-like
-    num_classes : int
+    num_classes : int, default=None
+        Columns of ``logits``. None: the first batch fixes it, and whether
+        features and ids are written (then ``n_features`` and ``id_kind``
+        may be left out too).
     n_features : int, default=None
         Width of ``features``; None when no features are written.
     n_rows : int, default=None
@@ -44,48 +47,78 @@ class EpochWriter:
     array([0, 2])
     """
 
-    def __init__(self, path, *, num_classes, n_features=None, n_rows=None,
+    def __init__(self, path, *, num_classes=None, n_features=None, n_rows=None,
                  id_kind=None, epoch=None, dtype=np.float32, chunk_rows=4096):
         if id_kind not in (None, "int", "str"):
             raise GradscoreError(f"'id_kind' must be 'int', 'str' or None; got {id_kind!r}")
         self.path = os.fspath(path)
-        self.num_classes = int(num_classes)
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.n_features = n_features
         self.n_rows = n_rows
         self.id_kind = id_kind
+        self.epoch = epoch
+        self.dtype = dtype
+        self.chunk_rows = chunk_rows
         self.n = 0
+        self._f = None
+        self._closed = False
+        self._seen_ids = None
+        # Without num_classes, the first batch fixes the layout (classes,
+        # features or none, kind of ids); until then no file exists.
+        if self.num_classes is not None:
+            self._create()
+
+    def _create(self):
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
         self._f = h5py.File(self._tmp, "w")
         self._f.attrs[S.ATTR_SCHEMA] = S.SCHEMA_VERSION
         self._f.attrs[S.ATTR_NUM_CLASSES] = self.num_classes
-        if epoch is not None:
-            self._f.attrs[S.ATTR_EPOCH] = int(epoch)
+        if self.epoch is not None:
+            self._f.attrs[S.ATTR_EPOCH] = int(self.epoch)
+        n_rows = self.n_rows
         rows = n_rows if n_rows is not None else 0
-        maxrows = n_rows if n_rows is not None else None
-        chunk = max(1, min(chunk_rows, n_rows or chunk_rows))
+        chunk = max(1, min(self.chunk_rows, n_rows or self.chunk_rows))
 
         def make(name, cols, dt):
             shape = (rows,) if cols is None else (rows, cols)
-            maxshape = (maxrows,) if cols is None else (maxrows, cols)
+            maxshape = (n_rows,) if cols is None else (n_rows, cols)
             chunks = (chunk,) if cols is None else (chunk, cols)
             return self._f.create_dataset(name, shape=shape, maxshape=maxshape,
                                           dtype=dt, chunks=chunks)
 
         self._d = {S.LABELS: make(S.LABELS, None, np.int64),
-                   S.LOGITS: make(S.LOGITS, self.num_classes, dtype)}
-        if n_features is not None:
-            self._d[S.FEATURES] = make(S.FEATURES, int(n_features), dtype)
-        if id_kind == "int":
+                   S.LOGITS: make(S.LOGITS, self.num_classes, self.dtype)}
+        if self.n_features is not None:
+            self._d[S.FEATURES] = make(S.FEATURES, int(self.n_features), self.dtype)
+        if self.id_kind == "int":
             self._d[S.IDS] = make(S.IDS, None, np.int64)
-        elif id_kind == "str":
+        elif self.id_kind == "str":
             self._d[S.IDS] = make(S.IDS, None, h5py.string_dtype("utf-8"))
-        self._seen_ids = set() if id_kind else None
+        self._seen_ids = set() if self.id_kind else None
+
+    def _create_from(self, logits, features, ids):
+        logits = np.asarray(logits)
+        if logits.ndim != 2:
+            raise GradscoreError(f"{self.path}: first batch: logits must be 2-D "
+                                 f"(batch, n_classes); got shape {logits.shape}")
+        self.num_classes = logits.shape[1]
+        if features is not None:
+            features = np.asarray(features)
+            if features.ndim != 2:
+                raise GradscoreError(f"{self.path}: first batch: features must be 2-D "
+                                     f"(batch, n_features); got shape {features.shape}")
+            self.n_features = features.shape[1]
+        if ids is not None and self.id_kind is None:
+            self.id_kind = "int" if np.asarray(ids).dtype.kind in "iu" else "str"
+        self._create()
 
     def append(self, labels, logits, features=None, ids=None):
         """Add one batch of rows (arrays in the order labels, logits, features, ids)."""
-        if self._f is None:
+        if self._closed:
             raise GradscoreError(f"{self.path}: writer is closed")
+        if self._f is None:
+            self._create_from(logits, features, ids)
         at = f"{self.path}: batch at row {self.n}"
         labels = np.asarray(labels)
         m = labels.shape[0] if labels.ndim == 1 else -1
@@ -137,8 +170,11 @@ class EpochWriter:
 
     def close(self):
         """Finalise: check the row count, then move the file into place."""
-        if self._f is None:
+        if self._closed:
             return
+        if self._f is None:
+            self._closed = True
+            raise GradscoreError(f"{self.path}: no rows were appended")
         try:
             if self.n_rows is not None and self.n != self.n_rows:
                 raise GradscoreError(f"{self.path}: writer was made with n_rows="
@@ -150,10 +186,12 @@ class EpochWriter:
             raise
         self._f.close()
         self._f = None
+        self._closed = True
         self._ctx.__exit__(None, None, None)
 
     def abort(self, exc=None):
         """Discard the partial file; an earlier file at ``path`` stays as it was."""
+        self._closed = True
         if self._f is None:
             return
         self._f.close()

@@ -262,12 +262,10 @@ def extract(model_path, data_path, output, *, logits_output=None, features_outpu
 def _run(sess, data, output, names, input_name, in_dtype, batch_size, epoch, dtype,
          progress, info):
     n = data.n
-    id_kind = None
-    if data.ids is not None:
-        id_kind = "int" if data.ids.dtype.kind in "iu" else "str"
-    writer = None
-    bar = progress_bar(total=n, enabled=progress, desc="extract", unit="row")
-    try:
+    # The writer takes its layout from the first batch and publishes the file
+    # only if every batch went through.
+    with progress_bar(total=n, enabled=progress, desc="extract", unit="row") as bar, \
+            EpochWriter(output, n_rows=n, epoch=epoch, dtype=dtype) as writer:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             x = data.batch(start, stop).astype(in_dtype, copy=False)
@@ -286,22 +284,11 @@ def _run(sess, data, output, names, input_name, in_dtype, batch_size, epoch, dty
                 _check_output(names[1], feats, stop - start, start, "features")
                 if feats.dtype.kind != "f":
                     feats = feats.astype(np.float32)
-            if writer is None:
-                info["num_classes"] = int(logits.shape[1])
-                info["n_features"] = None if feats is None else int(feats.shape[1])
-                writer = EpochWriter(output, num_classes=logits.shape[1],
-                                     n_features=info["n_features"], n_rows=n,
-                                     id_kind=id_kind, epoch=epoch, dtype=dtype)
             ids = None if data.ids is None else data.ids[start:stop]
             writer.append(data.labels[start:stop], logits, feats, ids)
             bar.update(stop - start)
-    except BaseException as exc:
-        if writer is not None:
-            writer.abort(exc)
-        raise
-    finally:
-        bar.close()
-    writer.close()
+    info["num_classes"] = writer.num_classes
+    info["n_features"] = None if writer.n_features is None else int(writer.n_features)
 
 
 def dataset_rows(path, ids):

@@ -38,24 +38,22 @@ _INSTALL_HINT = ("install it with: pip install 'gradscore[onnx]' (this installs 
                  "'onnxruntime' beside it: they share one package folder)")
 
 
+def _import(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise GradscoreError(f"ONNX support needs the {name} package ({exc}); "
+                             f"{_INSTALL_HINT}") from None
+
+
 def import_onnxruntime():
     """``import onnxruntime``, or a :class:`GradscoreError` that says how to install it."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise GradscoreError(f"ONNX support needs the onnxruntime package ({exc}); "
-                             f"{_INSTALL_HINT}") from None
-    return onnxruntime
+    return _import("onnxruntime")
 
 
 def import_onnx():
     """``import onnx``, or a :class:`GradscoreError` that says how to install it."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise GradscoreError(f"ONNX support needs the onnx package ({exc}); "
-                             f"{_INSTALL_HINT}") from None
-    return onnx
+    return _import("onnx")
 
 
 def _names():
