@@ -1,0 +1,450 @@
+"""Summaries, the markdown table, the ASR-vs-accuracy figure and the docs page.
+
+Run on its own to rebuild the docs from whatever results exist (a cut-off
+run included)::
+
+    python -m benchmarks.defense.report [--out benchmarks/out/defense]
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+DEFENCE_ORDER = ["none", "epic-0.1", "epic-0.2", "epic-0.3", "knn-density",
+                 "epic-0.2-last-layer", "deep-knn", "spectral", "random-30%", "art-activation",
+                 "art-spectral"]
+ATTACK_ORDER = ["backdoor", "gradient-matching", "gradient-matching-35", "bullseye-polytope",
+                "feature-collision"]
+PAPER = {"epic-0.1", "epic-0.2", "epic-0.3"}
+GRADSCORE_OTHER = {"knn-density", "epic-0.2-last-layer", "deep-knn", "spectral"}
+
+#: An attack "succeeds undefended" when its undefended ASR is at least this.
+SUCCESS_ASR = 0.2
+
+
+def load_rows(path):
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path) as fh:
+        for line in fh:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def _ms(v):
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return dict(mean=float("nan"), std=float("nan"))
+    return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1 else 0.0)
+
+
+def wilson(k, n, z=1.96):
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def load_results(out):
+    """Every row of ``<out>/results_*.jsonl`` (one file per attack)."""
+    import glob
+    rows = []
+    for p in sorted(glob.glob(os.path.join(out, "results_*.jsonl"))):
+        rows += load_rows(p)
+    return rows
+
+
+def sign_test(a, b):
+    """Two-sided exact sign test p-value for a vs b paired changes (ties dropped)."""
+    n = a + b
+    if n == 0:
+        return 1.0
+    k = min(a, b)
+    p = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * p)
+
+
+def summarise(out):
+    """Per attack and defence: means and spreads over the targets every defence finished."""
+    rows = load_results(out)
+    # Only targets every defence finished are compared (paired by target).
+    by_attack = {}
+    for r in rows:
+        by_attack.setdefault(r["attack"], []).append(r)
+    out = {"attacks": {}}
+    for attack in [a for a in ATTACK_ORDER if a in by_attack] + \
+            sorted(set(by_attack) - set(ATTACK_ORDER)):
+        rs = by_attack[attack]
+        defs = [d for d in DEFENCE_ORDER if any(r["defence"] == d for r in rs)]
+        per_t = {}
+        for r in rs:
+            per_t.setdefault(r["target"], {})[r["defence"]] = r
+        complete = sorted(t for t, d in per_t.items() if all(x in d for x in defs))
+        table = {}
+        for d in defs:
+            sel = [per_t[t][d] for t in complete]
+            succ = [r["success"] for r in sel]
+            binary = all(s in (0.0, 1.0) for s in succ)
+            k = int(round(sum(succ)))
+            entry = dict(
+                n=len(sel), asr=_ms(succ), clean_acc=_ms([r["clean_acc"] for r in sel]),
+                poison_recall=_ms([r["poison_recall"] for r in sel]),
+                clean_dropped=_ms([r["clean_dropped"] for r in sel]),
+                defence_seconds=_ms([r["defence_seconds"] for r in sel]),
+                total_seconds=_ms([r["total_seconds"] for r in sel]),
+                binary=binary, successes=k if binary else None,
+                asr_ci=wilson(k, len(sel)) if binary else None)
+            if "none" in defs and d != "none":
+                # Paired by target: successes the defence removed / added vs none.
+                base = [per_t[t]["none"]["success"] for t in complete]
+                entry["fixed"] = int(sum(1 for a, b in zip(base, succ) if a > b + 1e-12))
+                entry["broke"] = int(sum(1 for a, b in zip(base, succ) if b > a + 1e-12))
+                entry["sign_p"] = sign_test(entry["fixed"], entry["broke"])
+            table[d] = entry
+        out["attacks"][attack] = dict(n_targets=len(complete), defences=table,
+                                      verdict=verdict(table))
+    return out
+
+
+def _best(table, names):
+    """Lowest ASR, then highest clean accuracy."""
+    cands = [(table[n]["asr"]["mean"], -table[n]["clean_acc"]["mean"], n)
+             for n in names if n in table]
+    return min(cands)[2] if cands else None
+
+
+def verdict(table):
+    if "none" not in table:
+        return None
+    none = table["none"]
+    v = dict(undefended_asr=none["asr"]["mean"],
+             succeeds=bool(none["asr"]["mean"] >= SUCCESS_ASR))
+    bp = _best(table, PAPER)
+    bo = _best(table, GRADSCORE_OTHER)
+    ball = _best(table, PAPER | GRADSCORE_OTHER)
+    v.update(best_paper=bp, best_other=bo, best_gradscore=ball)
+    v["undefended_asr"] = none["asr"]["mean"]
+    if bp and bo:
+        a_p, a_o = table[bp]["asr"]["mean"], table[bo]["asr"]["mean"]
+        c_p, c_o = table[bp]["clean_acc"]["mean"], table[bo]["clean_acc"]["mean"]
+        v["other_asr_le_paper"] = bool(a_o <= a_p + 1e-12)
+        v["other_acc_ge_paper"] = bool(c_o >= c_p - 1e-12)
+        v["other_beats_paper"] = v["other_asr_le_paper"] and v["other_acc_ge_paper"]
+    return v
+
+
+def _pct(ms, digits=1):
+    if not np.isfinite(ms["mean"]):
+        return "n/a"
+    return f"{100 * ms['mean']:.{digits}f} ± {100 * ms['std']:.{digits}f}"
+
+
+def _asr_cell(e):
+    if e["binary"]:
+        lo, hi = e["asr_ci"]
+        return f"{100 * e['asr']['mean']:.0f}% ({e['successes']}/{e['n']}; CI {100 * lo:.0f}–{100 * hi:.0f})"
+    return _pct(e["asr"])
+
+
+def markdown_table(summary):
+    lines = []
+    for attack, a in summary["attacks"].items():
+        lines.append(f"\n### {attack} ({a['n_targets']} targets)\n")
+        lines.append("| defence | ASR | vs none: better / worse (p) | clean acc % | "
+                     "poison recall % | clean dropped % | defence s |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for d, e in a["defences"].items():
+            name = f"{d} (paper)" if d in PAPER else d
+            sec = e["defence_seconds"]
+            vs = (f"{e['fixed']} / {e['broke']} (p={e['sign_p']:.2f})" if "fixed" in e else "–")
+            lines.append(f"| {name} | {_asr_cell(e)} | {vs} | {_pct(e['clean_acc'])} | "
+                         f"{_pct(e['poison_recall'])} | {_pct(e['clean_dropped'])} | "
+                         f"{sec['mean']:.2f} ± {sec['std']:.2f} |")
+    return "\n".join(lines)
+
+
+def verdict_lines(summary):
+    out = []
+    for attack, a in summary["attacks"].items():
+        v = a["verdict"]
+        if not v:
+            continue
+        t = a["defences"]
+        head = f"- **{attack}**: undefended ASR {100 * v['undefended_asr']:.0f}%"
+        if not v["succeeds"]:
+            out.append(head + f" (below {100 * SUCCESS_ASR:.0f}%: the attack does not succeed "
+                       "undefended here, so there is nothing to defend against).")
+            continue
+        bp, bo = v["best_paper"], v["best_other"]
+        if not (bp and bo):
+            out.append(head + ".")
+            continue
+        fp = (f"{bp}: ASR {100 * t[bp]['asr']['mean']:.0f}%, clean acc "
+              f"{100 * t[bp]['clean_acc']['mean']:.1f}%")
+        fo = (f"{bo}: ASR {100 * t[bo]['asr']['mean']:.0f}%, clean acc "
+              f"{100 * t[bo]['clean_acc']['mean']:.1f}%")
+        undef = v["undefended_asr"]
+        if v["other_beats_paper"] and t[bp]["asr"]["mean"] >= undef - 1e-12:
+            s = (f"; gradscore's best non-paper setting ({fo}) does at least as well as the "
+                 f"paper's best EPIC rule ({fp}) on ASR and clean accuracy, but **neither lowers "
+                 f"ASR below no defence**.")
+        elif v["other_beats_paper"]:
+            s = (f"; gradscore's best non-paper setting ({fo}) lowers ASR at least as much as "
+                 f"the paper's best EPIC rule ({fp}) at no larger clean-accuracy cost.")
+        else:
+            why = []
+            if not v["other_asr_le_paper"]:
+                why.append("higher ASR")
+            if not v["other_acc_ge_paper"]:
+                why.append("lower clean accuracy")
+            s = (f"; gradscore's best non-paper setting ({fo}) does **not** match the paper's "
+                 f"best EPIC rule ({fp}): {' and '.join(why)}.")
+        bg = v["best_gradscore"]
+        eg = t[bg]
+        if eg["asr"]["mean"] < v["undefended_asr"] - 1e-12:
+            s += (f" Against no defence, gradscore's best setting overall ({bg}) lowers ASR from "
+                  f"{100 * v['undefended_asr']:.0f}% to {100 * eg['asr']['mean']:.0f}%"
+                  + (f" (better on {eg['fixed']} targets, worse on {eg['broke']}, sign-test "
+                     f"p={eg['sign_p']:.2f})" if "fixed" in eg else "") + ".")
+        else:
+            s += (f" No gradscore setting lowers ASR below the undefended "
+                  f"{100 * v['undefended_asr']:.0f}% (best: {bg}, "
+                  f"{100 * eg['asr']['mean']:.0f}%).")
+        peers = [d for d in ("art-activation", "art-spectral") if d in t]
+        if peers:
+            bpeer = min(peers, key=lambda d: t[d]["asr"]["mean"])
+            s += (f" Best ART peer: {bpeer}, ASR {100 * t[bpeer]['asr']['mean']:.0f}%, clean acc "
+                  f"{100 * t[bpeer]['clean_acc']['mean']:.1f}%, poison recall "
+                  f"{100 * t[bpeer]['poison_recall']['mean']:.0f}%.")
+        out.append(head + s)
+    return "\n".join(out)
+
+
+COLORS = {"none": "black", "epic-0.1": "#9ecae1", "epic-0.2": "#4292c6", "epic-0.3": "#08519c",
+          "knn-density": "#31a354", "epic-0.2-last-layer": "#756bb1", "deep-knn": "#e6550d",
+          "spectral": "#fdae6b", "random-30%": "#969696", "art-activation": "#de2d26", "art-spectral": "#fb6a4a"}
+MARKERS = {"none": "X", "epic-0.1": "o", "epic-0.2": "o", "epic-0.3": "o", "knn-density": "s",
+           "epic-0.2-last-layer": "D", "deep-knn": "^", "spectral": "v",
+           "random-30%": "h", "art-activation": "P", "art-spectral": "*"}
+
+
+def plot(summary, path):
+    """One panel per attack: mean ASR vs mean clean accuracy, one marker per defence."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    attacks = list(summary["attacks"])
+    if not attacks:
+        return
+    ncol = 3 if len(attacks) > 2 else len(attacks) + 1
+    nrow = math.ceil((len(attacks) + 1) / ncol)      # one spare cell for the legend
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.0 * ncol, 4.3 * nrow), squeeze=False)
+    handles = {}
+    for ax, attack in zip(axes.ravel(), attacks):
+        a = summary["attacks"][attack]
+        if "none" in a["defences"]:
+            ax.axhline(100 * a["defences"]["none"]["asr"]["mean"], color="black", lw=0.8,
+                       ls="--", alpha=0.6, zorder=0)
+        for d, e in a["defences"].items():
+            x, y = 100 * e["clean_acc"]["mean"], 100 * e["asr"]["mean"]
+            if e["binary"]:
+                lo, hi = e["asr_ci"]
+                yerr = [[y - 100 * lo], [100 * hi - y]]
+            else:
+                yerr = 100 * e["asr"]["std"]
+            ax.errorbar(x, y, yerr=yerr, fmt="none", ecolor=COLORS.get(d, "gray"),
+                        elinewidth=1.0, alpha=0.35, capsize=0)
+            handles[d] = ax.scatter(x, y, marker=MARKERS.get(d, "o"), s=110,
+                                    color=COLORS.get(d, "gray"), edgecolor="black",
+                                    linewidth=0.6, zorder=3)
+        ax.set_title(f"{attack}  ({a['n_targets']} targets)", fontsize=11)
+        ax.set_xlabel("clean test accuracy (%)  → better")
+        ax.set_ylabel("attack success rate (%)  ↓ better")
+        ax.set_ylim(-5, 105)
+        ax.grid(alpha=0.3)
+    spare = axes.ravel()[len(attacks):]
+    for ax in spare:
+        ax.axis("off")
+    order = [d for d in DEFENCE_ORDER if d in handles]
+    labels = [d + ("  (paper's EPIC rule)" if d in PAPER else "") for d in order]
+    if spare.size:
+        spare[0].legend([handles[d] for d in order], labels, loc="center", fontsize=10,
+                        frameon=False, title="defence  (dashed line: undefended ASR)",
+                        title_fontsize=10)
+    else:
+        fig.legend([handles[d] for d in order], labels, loc="lower center", ncol=4, fontsize=9)
+    fig.suptitle("Attack success vs clean accuracy per defence (means over targets; faint "
+                 "bars: 95% Wilson interval, or ±1 sd for the backdoor)", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _settings_lines(targets_dir):
+    lines = []
+    for attack in ATTACK_ORDER:
+        p = os.path.join(targets_dir, f"{attack}.json")
+        if not os.path.exists(p):
+            continue
+        with open(p) as fh:
+            d = json.load(fh)
+        v = d["victim"]
+        params = ", ".join(f"{k}={round(x, 4) if isinstance(x, float) else x}"
+                           for k, x in d["params"].items())
+        lines.append(
+            f"| {attack} | ART `{d['art']}` | {d['dataset']} ({d['n_train']} train) | "
+            f"{d['n_poisons']} ({100 * d['poison_fraction']:.1f}%) | {params or '–'} | "
+            f"{v['mode']}, {v['epochs']} ep, Adam lr {v['lr']}, drops at "
+            f"{', '.join(str(e) for e in _drop_epochs(v))} |")
+    return lines
+
+
+def _drop_epochs(v):
+    return [e for e in range(v["drop_after"], min(v["stop_after"], v["epochs"]))
+            if (e - v["drop_after"]) % v["freq"] == 0]
+
+
+def _isolation_section(out):
+    p = os.path.join(out, "isolation.json")
+    if not os.path.exists(p):
+        return []
+    from .isolation import markdown
+    rows = json.load(open(p))
+    n = {}
+    for r in rows:
+        n.setdefault(r["attack"], set()).add(r["target"])
+    counts = ", ".join(f"{a}: {len(t)}" for a, t in n.items())
+    return [
+        "## Are the poisons isolated in gradient space?",
+        "",
+        "From `python -m benchmarks.defense.isolation`: the undefended victim of every target "
+        f"({counts} targets) scored with `gradscore.score(method='epic', fraction=0.2)` at the "
+        "end of warm-up (when the first drop happens) and after the last epoch. Density "
+        "percentile: rank of a poison's k-NN density within its labelled class (0 = most "
+        "isolated, 50 = typical). EPIC drops the members of singleton clusters.",
+        "",
+        markdown(rows),
+        "",
+    ]
+
+
+def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
+    docs_dir = docs_dir or os.path.join(REPO, "docs")
+    os.makedirs(docs_dir, exist_ok=True)
+    png = os.path.join(docs_dir, "defense-asr-vs-accuracy.png")
+    plot(summary, png)
+    findings_path = os.path.join(HERE, "FINDINGS.md")
+    findings = open(findings_path).read() if os.path.exists(findings_path) else ""
+    before, _, after = findings.partition("<!-- after-results -->")
+    m = meta.get("machine", {})
+    runs = meta.get("runs", [meta] if "command" in meta else [])
+    run_lines = [f"- `{r['command']}`: {', '.join(r.get('attacks', []))}; started "
+                 f"{r['started']}, finished {r['finished']}, wall time "
+                 f"{r['wall_seconds'] / 60:.1f} min" for r in runs]
+    text = [
+        "# Defence benchmark: ART poisoning attacks vs gradscore and peers",
+        "",
+        "Generated by `benchmarks/defense/report.py` from the run's `results_<attack>.jsonl`;",
+        "the discussion sections come from `benchmarks/defense/FINDINGS.md`.",
+        "",
+        "## Run",
+        "",
+        "Commands, run from the repository root (a rerun with the same `--out` resumes and "
+        "skips finished targets):",
+        "",
+        *run_lines,
+        "",
+        "To reproduce everything from scratch: `python -m benchmarks.defense.run --jobs 2` "
+        "(all five attack settings, about 25 min here), then "
+        "`python -m benchmarks.defense.isolation` and `python -m benchmarks.defense.report`. "
+        "Smoke test: `python -m benchmarks.defense.run --quick` (2 backdoor targets, 6 epochs). "
+        "Add `--device cuda` to run on a GPU.",
+        "",
+        f"- machine: {m.get('processor')}, {m.get('cpu_count')} CPU cores shared with other "
+        f"jobs (timings are noisy), device `{m.get('device')}`{', ' + m['gpu'] if m.get('gpu') else ''}; "
+        f"Python {m.get('python')}, torch {m.get('torch')}, ART {m.get('art')}, "
+        f"gradscore {m.get('gradscore')}",
+        "",
+        "## Attack settings",
+        "",
+        "| attack | implementation | data | poisons (share of train) | attack params | victim |",
+        "|---|---|---|---|---|---|",
+        *_settings_lines(targets_dir),
+        "",
+        before.strip(),
+        "",
+        "## Results",
+        "",
+        "ASR: share of targets misclassified into the adversarial class (targeted attacks; "
+        "with the 95% Wilson interval) or share of triggered test images of other classes "
+        "classified as the target class (backdoor; mean ± sd over targets). Other columns: "
+        "mean ± sd over targets. *Poison recall*: share of the poisons the defence dropped; "
+        "*clean dropped*: share of clean training examples dropped; *defence s*: the "
+        "defence's own time per victim (gradscore: exports + scoring over all drop rounds; "
+        "ART: `detect_poison`), not the training.",
+        markdown_table(summary),
+        "",
+        "![ASR vs clean accuracy](defense-asr-vs-accuracy.png)",
+        "",
+        "Each panel scales its accuracy axis to its own points, which span only a few "
+        "points of accuracy; compare positions within a panel, not across panels.",
+        "",
+        *_isolation_section(out),
+        "",
+        "## Verdicts (computed)",
+        "",
+        f"An attack counts as succeeding undefended when its undefended ASR is at least "
+        f"{100 * SUCCESS_ASR:.0f}%. *Paper's EPIC rule*: `method=epic`, logit gradients, "
+        "fraction 0.1/0.2/0.3 (best of the three). *gradscore's other settings*: "
+        "knn-density, last-layer gradients, deep-knn, spectral (best of them). Best = lowest "
+        "mean ASR, ties broken by clean accuracy. Differences of a few targets are within "
+        "noise at 25 targets (see the intervals and the paired sign test).",
+        "",
+        verdict_lines(summary),
+        "",
+        after.strip(),
+        "",
+    ]
+    with open(os.path.join(docs_dir, "defense-benchmark.md"), "w") as fh:
+        fh.write("\n".join(text))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "out", "defense"))
+    ap.add_argument("--targets-dir", default=os.path.join(HERE, "targets"))
+    ap.add_argument("--docs-dir", default=None)
+    args = ap.parse_args(argv)
+    summary = summarise(args.out)
+    with open(os.path.join(args.out, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=1)
+    meta_p = os.path.join(args.out, "run_meta.json")
+    if os.path.exists(meta_p):
+        meta = json.load(open(meta_p))
+    else:
+        meta = dict(runs=[dict(command="(run cut off before it finished)", started="?",
+                               finished="?", wall_seconds=float("nan"))], machine={})
+    print(markdown_table(summary))
+    write_docs(args.out, summary, meta, targets_dir=args.targets_dir, docs_dir=args.docs_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    if __package__ in (None, ""):
+        sys.path.insert(0, REPO)
+    sys.exit(main())
