@@ -100,15 +100,22 @@ def check_float_matrix(x, name, *, n_rows, n_cols=None, where=None):
     return x.astype(np.float32, copy=False)
 
 
-def check_finite(x, where, *, row_offset=0):
-    """Raise if any row of ``x`` holds NaN or Inf."""
-    finite = np.isfinite(x)
-    if x.ndim > 1:
-        finite = finite.all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite) + row_offset
-        kind = "NaN" if np.isnan(x).any() else "Inf"
-        raise GradscoreError(f"{where} contains {kind} in {format_rows(bad)}")
+def check_finite(x, where, *, row_offset=0, block_rows=65536):
+    """Raise if any row of ``x`` holds NaN or Inf.
+
+    Works in row blocks so the temporary masks stay small whatever ``x``'s size.
+    """
+    bad, kind = [], None
+    for start in range(0, x.shape[0], block_rows):
+        blk = x[start:start + block_rows]
+        finite = np.isfinite(blk)
+        if blk.ndim > 1:
+            finite = finite.all(axis=1)
+        if not finite.all():
+            bad.append(np.flatnonzero(~finite) + start + row_offset)
+            kind = kind or ("NaN" if np.isnan(blk).any() else "Inf")
+    if bad:
+        raise GradscoreError(f"{where} contains {kind} in {format_rows(np.concatenate(bad))}")
 
 
 def check_ids(ids, n_rows, *, where="ids"):

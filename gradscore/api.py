@@ -16,7 +16,7 @@ from .io import read_epoch
 from .io._atomic import atomic_path
 from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplist_to,
                           _write_scores_to, keep_mask, read_keeplist)
-from .pipeline import FEATURE_METHODS, score
+from .pipeline import _score, check_features_given, check_n_jobs, check_params, needs_features
 
 
 def default_output(paths):
@@ -76,16 +76,24 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         folder = os.path.dirname(os.path.abspath(p))
         if not os.path.isdir(folder):
             raise GradscoreError(f"{p}: folder {folder} does not exist")
+    n_jobs = check_n_jobs(params.pop("n_jobs", None))
+    # Parameters are checked before reading; the arrays are checked by the
+    # reader, so the private scorer runs on them without a second pass.
+    num_classes = params.pop("num_classes", None)
+    check_params(**params)
     prev_ids = read_keeplist(previous) if previous is not None else None
-    needs_features = (params.get("gradient", "logits") == "last-layer"
-                      or params.get("method", "epic") in FEATURE_METHODS)
-    epoch = read_epoch(paths, need_features=needs_features)
+    method, gradient = params.get("method", "epic"), params.get("gradient", "logits")
+    epoch = read_epoch(paths, need_features=needs_features(method, gradient))
+    check_features_given(method, gradient, epoch.features)
+    if num_classes is not None and num_classes != epoch.num_classes:
+        raise GradscoreError(f"num_classes={num_classes} but the export has "
+                             f"{epoch.num_classes} classes")
+    params = check_params(num_classes=epoch.num_classes, **params)
     active = None
     if prev_ids is not None:
         active = keep_mask(epoch.ids, prev_ids, source=f"previous keep-list {previous}")
-    params.setdefault("num_classes", epoch.num_classes)
-    result = score(epoch.labels, epoch.logits, epoch.features, active=active,
-                   progress=progress, **params)
+    result = _score(epoch.labels, epoch.logits, epoch.features, params, active=active,
+                    progress=progress, n_jobs=n_jobs)
     metadata = None
     if out_ext == ".json":
         metadata = run_metadata(result, epoch, previous=previous)

@@ -7,6 +7,7 @@ call :func:`_score` after validating once.
 from dataclasses import dataclass, field, asdict
 from concurrent.futures import ThreadPoolExecutor
 import os
+import inspect
 import warnings
 
 import numpy as np
@@ -188,12 +189,8 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
                                     n_cols=num_classes, where="logits")
     check_choice("method", method, METHODS)
     check_choice("gradient", gradient, GRADIENTS)
-    if gradient == "last-layer" or method in FEATURE_METHODS:
-        if features is None:
-            why = f"method={method!r}" if method in FEATURE_METHODS else "gradient='last-layer'"
-            raise GradscoreError(f"{why} needs features; got None")
-        features = check_float_matrix(features, "features", n_rows=labels.size)
-    elif features is not None:
+    if needs_features(method, gradient) or features is not None:
+        check_features_given(method, gradient, features)
         features = check_float_matrix(features, "features", n_rows=labels.size)
     if active is not None:
         active = np.asarray(active)
@@ -201,27 +198,69 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
             raise GradscoreError(
                 f"active must be a bool array of shape {labels.shape}; "
                 f"got {active.dtype} of shape {active.shape}")
-    params = dict(
-        method=method, gradient=gradient,
-        fraction=check_fraction("fraction", fraction, low_open=True),
-        cluster_threshold=check_int("cluster_threshold", cluster_threshold, minimum=0),
-        k=check_int("k", k, minimum=1),
-        drop_fraction=None if drop_fraction is None else
-        check_fraction("drop_fraction", drop_fraction),
-        z_threshold=float(z_threshold),
-        max_drop_fraction=check_fraction("max_drop_fraction", max_drop_fraction),
-        label_smoothing=check_fraction("label_smoothing", label_smoothing),
-        neighbors=check_choice("neighbors", neighbors, nb.backend_names()),
-        dense_max=check_int("dense_max", dense_max, minimum=0),
-        num_classes=num_classes,
-        random_state=None if random_state is None else check_int("random_state", random_state),
+    params = check_params(
+        method=method, gradient=gradient, fraction=fraction,
+        cluster_threshold=cluster_threshold, k=k, drop_fraction=drop_fraction,
+        z_threshold=z_threshold, max_drop_fraction=max_drop_fraction,
+        label_smoothing=label_smoothing, neighbors=neighbors, dense_max=dense_max,
+        num_classes=num_classes, random_state=random_state)
+    return _score(labels, logits_arr, features, params, active=active, progress=progress,
+                  n_jobs=check_n_jobs(n_jobs))
+
+
+#: Defaults of :func:`score`'s scoring parameters, for callers that fill in
+#: only some (``score_files``, ``DropSchedule``).
+SCORE_DEFAULTS = {name: p.default for name, p in inspect.signature(score).parameters.items()
+                  if p.kind is inspect.Parameter.KEYWORD_ONLY
+                  and name not in ("active", "progress", "n_jobs")}
+
+
+def needs_features(method, gradient):
+    """Whether this method/gradient pair reads penultimate features."""
+    return gradient == "last-layer" or method in FEATURE_METHODS
+
+
+def check_features_given(method, gradient, features):
+    if features is None and needs_features(method, gradient):
+        why = f"method={method!r}" if method in FEATURE_METHODS else "gradient='last-layer'"
+        raise GradscoreError(f"{why} needs features; got None")
+
+
+def check_params(**given):
+    """Validate scoring parameters (defaults from :func:`score`) into one dict.
+
+    Raises TypeError for an unknown name, as a call to :func:`score` would.
+    """
+    unknown = sorted(set(given) - set(SCORE_DEFAULTS))
+    if unknown:
+        raise TypeError(f"score() got unexpected keyword argument(s): {', '.join(unknown)}")
+    p = {**SCORE_DEFAULTS, **given}
+    return dict(
+        method=check_choice("method", p["method"], METHODS),
+        gradient=check_choice("gradient", p["gradient"], GRADIENTS),
+        fraction=check_fraction("fraction", p["fraction"], low_open=True),
+        cluster_threshold=check_int("cluster_threshold", p["cluster_threshold"], minimum=0),
+        k=check_int("k", p["k"], minimum=1),
+        drop_fraction=None if p["drop_fraction"] is None else
+        check_fraction("drop_fraction", p["drop_fraction"]),
+        z_threshold=float(p["z_threshold"]),
+        max_drop_fraction=check_fraction("max_drop_fraction", p["max_drop_fraction"]),
+        label_smoothing=check_fraction("label_smoothing", p["label_smoothing"]),
+        neighbors=check_choice("neighbors", p["neighbors"], nb.backend_names()),
+        dense_max=check_int("dense_max", p["dense_max"], minimum=0),
+        num_classes=None if p["num_classes"] is None else
+        check_int("num_classes", p["num_classes"], minimum=1),
+        random_state=None if p["random_state"] is None else
+        check_int("random_state", p["random_state"]),
     )
+
+
+def check_n_jobs(n_jobs):
     if n_jobs is not None:
         n_jobs = check_int("n_jobs", n_jobs)
         if n_jobs == 0:
             raise GradscoreError("'n_jobs' must be a positive int, -1 or None; got 0")
-    return _score(labels, logits_arr, features, active=active, progress=progress,
-                  n_jobs=n_jobs, **params)
+    return n_jobs
 
 
 def _n_threads(n_jobs, n_tasks):
@@ -309,17 +348,10 @@ def _canonical_order(logits, features=None):
     return np.argsort(x.astype(np.float64) @ w, kind="stable")
 
 
-def _score(labels, logits, features, *, method, gradient, fraction,
-           cluster_threshold, k, drop_fraction, z_threshold, max_drop_fraction,
-           label_smoothing, neighbors, dense_max, num_classes, random_state,
-           active=None, progress=False, n_jobs=None):
-    """:func:`score` on validated input."""
-    params = dict(
-        method=method, gradient=gradient, fraction=fraction,
-        cluster_threshold=cluster_threshold, k=k, drop_fraction=drop_fraction,
-        z_threshold=z_threshold, max_drop_fraction=max_drop_fraction,
-        label_smoothing=label_smoothing, neighbors=neighbors,
-        dense_max=dense_max, num_classes=num_classes, random_state=random_state)
+def _score(labels, logits, features, params, *, active=None, progress=False, n_jobs=None):
+    """:func:`score` on validated input; ``params`` from :func:`check_params`."""
+    method, k, neighbors = params["method"], params["k"], params["neighbors"]
+    num_classes, random_state = params["num_classes"], params["random_state"]
     n = labels.size
     if active is None:
         active = np.ones(n, dtype=bool)
@@ -342,12 +374,7 @@ def _score(labels, logits, features, *, method, gradient, fraction,
             idx, _, used = nb.kneighbors(DenseGradients(features[act]), k_all,
                                          backend=neighbors, random_state=random_state)
             agreement[act], deep_drop[act] = deep_knn_agreement(labels[act], idx, num_classes)
-    ctx = dict(labels=labels, logits=logits, features=features, method=method,
-               gradient=gradient, fraction=fraction, cluster_threshold=cluster_threshold,
-               k=k, drop_fraction=drop_fraction, z_threshold=z_threshold,
-               max_drop_fraction=max_drop_fraction, label_smoothing=label_smoothing,
-               neighbors=neighbors, dense_max=dense_max, num_classes=num_classes,
-               random_state=random_state)
+    ctx = dict(params, labels=labels, logits=logits, features=features)
     if method == "deep-knn":
         ctx.update(agreement=agreement, deep_drop=deep_drop, k_all=k_all, used=used)
 

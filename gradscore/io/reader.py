@@ -44,6 +44,8 @@ class Epoch:
     epoch: int = None
     sources: list = field(default_factory=list)
     n_features: int = None
+    dtypes: dict = field(default_factory=dict)
+    id_kind: str = None
 
 
 class _Source:
@@ -306,7 +308,18 @@ def _read_sources(sources, need_features, block_rows):
         raise GradscoreError(f"shards disagree on attribute 'epoch': {sorted(epochs)}")
     return Epoch(labels=labels, logits=logits, features=features, ids=ids,
                  num_classes=c, epoch=epochs.pop() if epochs else None,
-                 sources=[{"path": s.path, "n": s.n} for s in sources], n_features=d)
+                 sources=[{"path": s.path, "n": s.n} for s in sources], n_features=d,
+                 dtypes=_dtypes(sources),
+                 id_kind=first.id_kind)
+
+
+def _dtypes(sources):
+    """Storage dtype of each dataset (the first file that has it)."""
+    out = {}
+    for src in sources:
+        for name, ds in src.ds.items():
+            out.setdefault(name, str(ds.dtype))
+    return out
 
 
 def _raise_duplicates(sources, order, dup, sorted_ids):
@@ -336,22 +349,13 @@ def describe(paths):
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     epoch = read_epoch(paths, need_features=False)
-    dtypes = {}
-    id_kind = None
-    for p in paths:
-        with h5py.File(p, "r") as f:
-            for name in S.DATASETS:
-                if name in f:
-                    dtypes.setdefault(name, str(f[name].dtype))
-            if S.IDS in f:
-                id_kind = "int" if f[S.IDS].dtype.kind in "iu" else "str"
     return {
         "files": epoch.sources,
         "n": int(epoch.labels.size),
         "num_classes": epoch.num_classes,
         "n_features": epoch.n_features,
-        "dtypes": dtypes,
-        "id_kind": id_kind or "default (0..N-1)",
+        "dtypes": epoch.dtypes,
+        "id_kind": epoch.id_kind or "default (0..N-1)",
         "class_sizes": np.bincount(epoch.labels, minlength=epoch.num_classes).tolist(),
         "epoch": None if epoch.epoch is None else int(epoch.epoch),
     }

@@ -29,13 +29,12 @@ Other backends (an ONNX Runtime one, say) plug in through
 :func:`register_backend`.
 """
 
-from ._exact import brute_kneighbors, kdtree_kneighbors, knn_from_sqdist, pairwise_sqdist
+from ._exact import (KDTREE_MAX_DIM, brute_kneighbors, kdtree_kneighbors, knn_from_sqdist,
+                     pairwise_sqdist)
 from ._nndescent import nndescent_kneighbors
 from ..gradients import DenseGradients
 from ..errors import GradscoreError
 
-#: Explicit gradient vectors up to this dimension go to the k-d tree.
-KDTREE_MAX_DIM = 16
 #: Classes up to this size use exact brute force when the k-d tree does not fit.
 BRUTE_MAX_N = 50_000
 

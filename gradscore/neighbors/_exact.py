@@ -5,10 +5,11 @@ from scipy.spatial import cKDTree
 
 #: Bytes of distance block the brute-force search holds at once.
 _BLOCK_BYTES = 64 * 2**20
-#: Measured on 100k x 10 logit gradients: an unbalanced tree with larger
-#: leaves halves query time against scipy's defaults (7.4 s -> 6.2 s CPU with
-#: leafsize 64 vs 12.8 s balanced, leafsize 16).
+#: An unbalanced tree with larger leaves queries faster than scipy's defaults
+#: on 100k x 10 logit gradients (7.3 s vs 10.1 s CPU; benchmarks/bench_kdtree.py).
 _KDTREE_OPTIONS = dict(leafsize=64, balanced_tree=False, compact_nodes=False)
+#: Explicit gradient vectors up to this dimension go to the k-d tree.
+KDTREE_MAX_DIM = 16
 
 
 def pairwise_sqdist(grads):
@@ -127,7 +128,7 @@ def nearest_target(grads, targets):
     from ..gradients import DenseGradients
 
     n, m = grads.n, targets.n
-    if isinstance(grads, DenseGradients) and grads.dim <= 16 and m > 1:
+    if isinstance(grads, DenseGradients) and grads.dim <= KDTREE_MAX_DIM and m > 1:
         # k-d tree: query two so that a tie between targets can be resolved.
         dist, idx = cKDTree(targets.values, **_KDTREE_OPTIONS).query(
             grads.values, k=2, workers=-1)
