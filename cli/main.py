@@ -10,7 +10,7 @@ import gradscore
 from gradscore import neighbors as nb
 from gradscore.errors import GradscoreError
 from gradscore.gradients import GRADIENTS
-from gradscore.pipeline import DENSE_MAX, METHODS
+from gradscore.pipeline import CUMULATIVE_RULES, DENSE_MAX, METHODS
 
 #: Classes listed one per line in the human summary; beyond this, the ones
 #: with most drops.
@@ -74,7 +74,8 @@ def main():
               help="logits: softmax(z) - onehot(y). last-layer: the full final-layer "
                    "weight and bias gradient (needs 'features').")
 @click.option("--fraction", type=float, default=0.2, show_default=True,
-              help="epic: medoids per class as a fraction of its size.")
+              help="epic: medoids as a fraction of the scored examples, split over "
+                   "classes by size (the paper uses 0.1-0.3).")
 @click.option("--cluster-threshold", type=int, default=1, show_default=True,
               help="epic: drop examples in clusters of at most this size.")
 @click.option("-k", "--k", "k", type=int, default=20, show_default=True,
@@ -86,6 +87,9 @@ def main():
               help="knn-density: drop scores below median - z * 1.4826 * MAD.")
 @click.option("--max-drop-fraction", type=float, default=0.5, show_default=True,
               help="Never drop more than this fraction of a class in one run.")
+@click.option("--max-total-drop-fraction", type=float, default=0.5, show_default=True,
+              help="With --previous: never let a class lose more than this fraction "
+                   "over all rounds together.")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True,
               help="Label smoothing used in training (changes the gradient's target).")
 @click.option("--neighbors", type=click.Choice(nb.backend_names()), default="auto",
@@ -94,9 +98,14 @@ def main():
               help="epic: classes up to this size use the exact dense kernel; "
                    "larger ones the k-NN graph.")
 @click.option("--previous", type=click.Path(dir_okay=False),
-              help="Keep-list of an earlier epoch: drops are cumulative.")
+              help="Keep-list of an earlier round: drops are cumulative.")
+@click.option("--cumulative", type=click.Choice(CUMULATIVE_RULES), default="intersect",
+              show_default=True,
+              help="With --previous. intersect (the paper's rule): score every example, "
+                   "keep those kept now and before. survivors: score only the examples "
+                   "the previous keep-list kept.")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed for randomised neighbour search.")
+              help="Seed for randomised neighbour search and epic's budget rounding.")
 @click.option("-j", "--jobs", type=int, default=-1, show_default=True,
               help="Classes scored side by side in threads; -1: one per CPU core. "
                    "Results do not depend on it.")
@@ -104,8 +113,9 @@ def main():
               help="Print a machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings or summary.")
 def score(files, output, scores_path, method, gradient, fraction, cluster_threshold, k,
-          drop_fraction, z_threshold, max_drop_fraction, label_smoothing, neighbors,
-          dense_max, previous, seed, jobs, as_json, quiet):
+          drop_fraction, z_threshold, max_drop_fraction, max_total_drop_fraction,
+          label_smoothing, neighbors, dense_max, previous, cumulative, seed, jobs, as_json,
+          quiet):
     """Score one epoch's export FILES (or its shards) and write a keep-list.
 
     \b
@@ -122,6 +132,7 @@ def score(files, output, scores_path, method, gradient, fraction, cluster_thresh
             progress=not quiet, method=method, gradient=gradient, fraction=fraction,
             cluster_threshold=cluster_threshold, k=k, drop_fraction=drop_fraction,
             z_threshold=z_threshold, max_drop_fraction=max_drop_fraction,
+            max_total_drop_fraction=max_total_drop_fraction, cumulative=cumulative,
             label_smoothing=label_smoothing, neighbors=neighbors, dense_max=dense_max,
             random_state=seed, n_jobs=jobs)
     summary = result.summary()
@@ -142,16 +153,22 @@ def _print_summary(result, summary, out):
     rows = result.classes
     shown = rows if len(rows) <= SUMMARY_CLASSES else \
         sorted(rows, key=lambda c: (-c.dropped, c.label))[:10]
-    click.echo(f"{'class':>6} {'n':>8} {'scored':>8} {'dropped':>8} {'k':>4}  "
-               f"{'neighbours':<10} cap")
+    click.echo(f"{'class':>6} {'n':>8} {'scored':>8} {'dropped':>8} {'before':>7} "
+               f"{'total':>7} {'k':>4}  {'neighbours':<10} cap")
     for c in shown:
-        click.echo(f"{c.label:>6} {c.n:>8} {c.n_scored:>8} {c.dropped:>8} {c.k_used:>4}  "
-                   f"{c.neighbors:<10} {'HIT' if c.cap_hit else ''}")
+        cap = " ".join(w for w, hit in (("HIT", c.cap_hit), ("TOTAL", c.total_cap_hit)) if hit)
+        click.echo(f"{c.label:>6} {c.n:>8} {c.n_scored:>8} {c.dropped:>8} "
+                   f"{c.dropped_before:>7} {c.dropped_total:>7} {c.k_used:>4}  "
+                   f"{c.neighbors:<10} {cap}")
     if len(shown) < len(rows):
         click.echo(f"... {len(rows) - len(shown)} more classes (--json lists all)")
     capped = summary["cap_hit_classes"]
     if capped:
         click.echo(f"max-drop-fraction cap bit in {len(capped)} class(es): "
+                   f"{', '.join(map(str, capped[:10]))}")
+    capped = summary["total_cap_hit_classes"]
+    if capped:
+        click.echo(f"max-total-drop-fraction cap bit in {len(capped)} class(es): "
                    f"{', '.join(map(str, capped[:10]))}")
     click.echo(f"kept {summary['kept']} of {summary['n']} (dropped {summary['dropped']} now, "
                f"{summary['dropped_before']} before) -> {out}")

@@ -50,8 +50,11 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
     scores_path : str or path-like, default=None
         Also write the per-example table (``.csv`` or ``.h5``).
     previous : str or path-like, default=None
-        Keep-list of an earlier epoch: examples it lacks stay dropped and are
-        not scored. Every id in it must be in the export.
+        Keep-list of an earlier round: examples it lacks stay dropped. Under
+        the default ``cumulative="intersect"`` (the authors' rule) every
+        example is still scored and clustered, and an example is kept only if
+        this round keeps it too; under ``"survivors"`` only the examples it
+        keeps are scored. Every id in it must be in the export.
     progress : bool, default=False
     **params
         Passed to :func:`gradscore.score` (``method``, ``fraction``, ...).
@@ -111,9 +114,11 @@ def run_metadata(result, epoch, *, previous=None):
     """Provenance stored in JSON keep-lists (deterministic: no timestamps)."""
     counts = {}
     for c in result.classes:
-        counts[str(c.label)] = {"n": c.n, "kept": c.n - c.dropped - c.dropped_before,
+        counts[str(c.label)] = {"n": c.n, "kept": c.n - c.dropped_total,
                                 "dropped": c.dropped, "dropped_before": c.dropped_before,
-                                "k_used": c.k_used, "cap_hit": c.cap_hit}
+                                "dropped_total": c.dropped_total, "flagged": c.flagged,
+                                "n_medoids": c.n_medoids, "k_used": c.k_used,
+                                "cap_hit": c.cap_hit, "total_cap_hit": c.total_cap_hit}
     return {
         "gradscore_version": __version__,
         "params": result.params,

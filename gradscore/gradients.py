@@ -89,6 +89,10 @@ class DenseGradients:
     def dense(self):
         return self.values
 
+    def factors(self):
+        """``(a, h)`` with each row equal to ``a_i (x) h_i`` (here ``h_i = [1]``)."""
+        return self.values, np.ones((self.n, 1))
+
     def take(self, rows):
         return DenseGradients(self.values[rows])
 
@@ -132,6 +136,10 @@ class OuterGradients:
     def dense(self):
         # Only for backends that need explicit vectors; (n, C * (D + 1)).
         return np.einsum("ic,id->icd", self.a, self.h).reshape(self.n, -1)
+
+    def factors(self):
+        """``(a, h)``: each gradient is ``a_i (x) h_i``."""
+        return self.a, self.h
 
     def take(self, rows):
         return OuterGradients(self.a[rows], self.h[rows])

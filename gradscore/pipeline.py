@@ -21,10 +21,12 @@ from .errors import GradscoreError, GradscoreWarning
 from .gradients import GRADIENTS, class_gradients
 from .gradients import DenseGradients
 from .selection import (apply_cap, drop_by_fraction, drop_by_robust_threshold,
-                        epic_dense, epic_sparse)
+                        epic_dense, epic_sparse, limit_drops, medoid_budgets)
 from .selection.feature_space import deep_knn_agreement, spectral_scores
 
 METHODS = ("epic", "knn-density", "deep-knn", "spectral")
+#: How a previous keep-list combines with this round (see :func:`score`).
+CUMULATIVE_RULES = ("intersect", "survivors")
 #: Methods that compare examples by their penultimate features, not gradients.
 FEATURE_METHODS = ("deep-knn", "spectral")
 
@@ -40,8 +42,14 @@ KEPT, DROPPED, DROPPED_BEFORE = "kept", "dropped", "dropped-before"
 class ClassReport:
     """What happened in one class.
 
-    ``n`` counts the class's examples in the input, ``n_scored`` those that
-    were still kept (not dropped at an earlier epoch) and so were scored.
+    ``n`` counts the class's examples in the input and ``n_scored`` those
+    that were scored (all of them under the ``"intersect"`` cumulative rule;
+    only those still kept under ``"survivors"``). ``flagged`` counts the
+    scored examples this round's rule would drop, ``dropped`` those of them
+    that were still kept (the new drops), ``dropped_before`` those dropped
+    at an earlier round, and ``dropped_total`` the two together.
+    ``cap_hit`` says that ``max_drop_fraction`` limited this round's drops,
+    ``total_cap_hit`` that ``max_total_drop_fraction`` did.
     """
 
     label: int
@@ -52,6 +60,9 @@ class ClassReport:
     dropped: int
     dropped_before: int
     cap_hit: bool
+    flagged: int = 0
+    dropped_total: int = 0
+    total_cap_hit: bool = False
     epic_mode: str = None
     n_medoids: int = None
 
@@ -73,7 +84,11 @@ class ScoreResult:
         Size of the EPIC cluster each example joined; -1 where EPIC did not
         run on it.
     decision : ndarray of shape (n_samples,), str
-        ``"kept"``, ``"dropped"`` or ``"dropped-before"``.
+        ``"kept"``, ``"dropped"`` (dropped at this round) or
+        ``"dropped-before"`` (dropped at an earlier one).
+    flagged : ndarray of shape (n_samples,), bool
+        True where this round's rule dropped the example, whether or not an
+        earlier round had dropped it already (False where not scored).
     classes : list of ClassReport
     params : dict
         Every parameter of the run, for provenance.
@@ -83,6 +98,7 @@ class ScoreResult:
     scores: np.ndarray
     cluster_size: np.ndarray
     decision: np.ndarray
+    flagged: np.ndarray
     classes: list
     params: dict = field(default_factory=dict)
 
@@ -93,7 +109,9 @@ class ScoreResult:
             "kept": int(self.keep.sum()),
             "dropped": int((self.decision == DROPPED).sum()),
             "dropped_before": int((self.decision == DROPPED_BEFORE).sum()),
+            "flagged": int(self.flagged.sum()),
             "cap_hit_classes": [c.label for c in self.classes if c.cap_hit],
+            "total_cap_hit_classes": [c.label for c in self.classes if c.total_cap_hit],
             "params": self.params,
             "classes": [asdict(c) for c in self.classes],
         }
@@ -101,9 +119,10 @@ class ScoreResult:
 
 def score(labels, logits, features=None, *, method="epic", gradient="logits",
           fraction=0.2, cluster_threshold=1, k=20, drop_fraction=None,
-          z_threshold=3.0, max_drop_fraction=0.5, label_smoothing=0.0,
-          neighbors="auto", dense_max=DENSE_MAX, num_classes=None,
-          active=None, random_state=0, progress=False, n_jobs=None):
+          z_threshold=3.0, max_drop_fraction=0.5, max_total_drop_fraction=0.5,
+          cumulative="intersect", label_smoothing=0.0, neighbors="auto",
+          dense_max=DENSE_MAX, num_classes=None, active=None, random_state=0,
+          progress=False, n_jobs=None):
     """Decide which examples to keep, from one epoch's labels, logits and features.
 
     Parameters
@@ -126,7 +145,9 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
     gradient : {"logits", "last-layer"}, default="logits"
         Which closed-form gradient to compare examples by.
     fraction : float, default=0.2
-        EPIC: medoids per class as a fraction of its size (paper: 0.1-0.3).
+        EPIC: medoids as a fraction of the scored examples (paper: 0.1-0.3),
+        split over classes in proportion to their sizes as the authors' code
+        does (:func:`gradscore.selection.epic.medoid_budgets`).
     cluster_threshold : int, default=1
         EPIC: drop examples in clusters of at most this many members.
     k : int, default=20
@@ -138,8 +159,18 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         knn-density without ``drop_fraction``: drop scores below
         ``median - z_threshold * 1.4826 * MAD`` per class.
     max_drop_fraction : float, default=0.5
-        Never drop more than this fraction of a class in one call (least
-        dense first); the class report says when the cap bit.
+        Never drop more than this fraction of a class's scored examples in
+        one call (least dense first); the class report says when it bit.
+    max_total_drop_fraction : float, default=0.5
+        Never let the examples dropped before plus the new drops exceed
+        this fraction of a class (the new drops are cut, least dense
+        first); the class report's ``total_cap_hit`` says when it bit.
+    cumulative : {"intersect", "survivors"}, default="intersect"
+        How ``active`` (an earlier round's keep-list) combines with this
+        round. ``"intersect"``, the authors' rule: score and cluster every
+        example, and keep those kept now and before. ``"survivors"``: score
+        only the examples still kept (each round then re-clusters a thinner
+        set, which drops more at every round).
     label_smoothing : float, default=0.0
         Label smoothing used in training; it changes the gradient's target.
     neighbors : str, default="auto"
@@ -149,10 +180,11 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
     num_classes : int, default=None
         Number of classes; defaults to ``logits.shape[1]``.
     active : array-like of shape (n_samples,), bool, default=None
-        False for examples dropped at an earlier epoch: they stay dropped and
-        are not scored. Default: all active.
+        False for examples dropped at an earlier round: they stay dropped
+        (see ``cumulative``). Default: all active.
     random_state : int, default=0
-        Seed for randomised neighbour backends.
+        Seed for randomised neighbour backends and for the classes that give
+        back a medoid when the per-class EPIC budgets round up.
     progress : bool, default=False
         Show a progress bar over classes on stderr.
     n_jobs : int, default=None
@@ -202,6 +234,7 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         method=method, gradient=gradient, fraction=fraction,
         cluster_threshold=cluster_threshold, k=k, drop_fraction=drop_fraction,
         z_threshold=z_threshold, max_drop_fraction=max_drop_fraction,
+        max_total_drop_fraction=max_total_drop_fraction, cumulative=cumulative,
         label_smoothing=label_smoothing, neighbors=neighbors, dense_max=dense_max,
         num_classes=num_classes, random_state=random_state)
     return _score(labels, logits_arr, features, params, active=active, progress=progress,
@@ -245,6 +278,9 @@ def check_params(**given):
         check_fraction("drop_fraction", p["drop_fraction"]),
         z_threshold=float(p["z_threshold"]),
         max_drop_fraction=check_fraction("max_drop_fraction", p["max_drop_fraction"]),
+        max_total_drop_fraction=check_fraction("max_total_drop_fraction",
+                                               p["max_total_drop_fraction"]),
+        cumulative=check_choice("cumulative", p["cumulative"], CUMULATIVE_RULES),
         label_smoothing=check_fraction("label_smoothing", p["label_smoothing"]),
         neighbors=check_choice("neighbors", p["neighbors"], nb.backend_names()),
         dense_max=check_int("dense_max", p["dense_max"], minimum=0),
@@ -269,24 +305,31 @@ def _n_threads(n_jobs, n_tasks):
     return max(1, min(n_jobs, n_tasks))
 
 
-def _score_class(c, rows_all, rows, *, labels, logits, features, method, gradient,
-                 fraction, cluster_threshold, k, drop_fraction, z_threshold,
-                 max_drop_fraction, label_smoothing, neighbors, dense_max, num_classes,
-                 random_state, agreement=None, deep_drop=None, k_all=None, used=None):
+def _score_class(c, rows_all, rows, was_kept, *, labels, logits, features, method,
+                 gradient, fraction, cluster_threshold, k, drop_fraction, z_threshold,
+                 max_drop_fraction, max_total_drop_fraction, cumulative, label_smoothing,
+                 neighbors, dense_max, num_classes, random_state, n_medoids=None,
+                 agreement=None, deep_drop=None, k_all=None, used=None):
     """Score one class.
 
-    Returns ``(report, rows, scores, cluster_size, drop, warnings)`` where the
-    arrays follow ``rows`` (which may be reordered) and are None when the
-    class was too small to score.
+    ``rows_all`` are the class's rows, ``rows`` those to score and
+    ``was_kept`` (aligned with ``rows``) whether each was still kept before
+    this round. Returns ``(report, rows, scores, cluster_size, flagged,
+    drop, warnings)`` where the arrays follow ``rows`` (which may be
+    reordered) and are None when the class was too small to score;
+    ``flagged`` is this round's rule and ``drop`` the new drops after both
+    caps.
     """
+    dropped_before = int(rows_all.size - np.count_nonzero(was_kept)) \
+        if cumulative == "intersect" else int(rows_all.size - rows.size)
     report = ClassReport(label=c, n=rows_all.size, n_scored=rows.size, k_used=0,
-                         neighbors="none", dropped=0,
-                         dropped_before=int(rows_all.size - rows.size), cap_hit=False)
+                         neighbors="none", dropped=0, dropped_before=dropped_before,
+                         cap_hit=False, dropped_total=dropped_before)
     messages = []
     if rows.size < 2:
         if rows.size:
             messages.append(f"class {c} has {rows.size} example to score; it is kept unscored")
-        return report, rows, None, None, None, messages
+        return report, rows, None, None, None, None, messages
     csize = None
     if method == "deep-knn":
         report.k_used, report.neighbors = k_all, used
@@ -300,8 +343,9 @@ def _score_class(c, rows_all, rows, *, labels, logits, features, method, gradien
         # Canonical order within the class (by content, not input position):
         # greedy ties and floating-point sums then come out the same however
         # the caller ordered the rows, so permuting rows permutes decisions.
-        rows = rows[_canonical_order(logits[rows], None if gradient == "logits"
-                                     else features[rows])]
+        order = _canonical_order(logits[rows], None if gradient == "logits"
+                                 else features[rows])
+        rows, was_kept = rows[order], was_kept[order]
         k_c = min(k, rows.size - 1)
         if k_c < k:
             messages.append(f"class {c} has {rows.size} examples, too few for k={k}; "
@@ -319,11 +363,16 @@ def _score_class(c, rows_all, rows, *, labels, logits, features, method, gradien
             knn_idx, knn_d2, report.neighbors = nb.kneighbors(
                 grads, k_c, backend=neighbors, random_state=random_state)
         s = knn_density(knn_d2)
-        if method == "epic":
+        if method == "epic" and n_medoids == 0:
+            messages.append(f"class {c} got no EPIC medoid (the budget int(fraction * N) "
+                            "is spread too thin); it is kept")
+            d = np.zeros(rows.size, dtype=bool)
+        elif method == "epic":
             if d2_full is not None:
-                res = epic_dense(d2_full, fraction=fraction, cluster_threshold=cluster_threshold)
+                res = epic_dense(d2_full, n_medoids=n_medoids, dim=grads.dim,
+                                 cluster_threshold=cluster_threshold)
             else:
-                res = epic_sparse(grads, knn_idx, knn_d2, fraction=fraction,
+                res = epic_sparse(grads, knn_idx, knn_d2, n_medoids=n_medoids,
                                   cluster_threshold=cluster_threshold)
             del d2_full
             csize = res.cluster_size
@@ -333,9 +382,15 @@ def _score_class(c, rows_all, rows, *, labels, logits, features, method, gradien
             d = drop_by_fraction(s, drop_fraction)
         else:
             d = drop_by_robust_threshold(s, z_threshold)
-    d, report.cap_hit = apply_cap(d, s, max_drop_fraction)
-    report.dropped = int(d.sum())
-    return report, rows, s, csize, d, messages
+    flagged, report.cap_hit = apply_cap(d, s, max_drop_fraction)
+    new = flagged & was_kept
+    # The cumulative cap: drops before plus new drops stay within the limit.
+    room = max(0, int(np.floor(max_total_drop_fraction * rows_all.size)) - dropped_before)
+    new, report.total_cap_hit = limit_drops(new, s, room)
+    report.flagged = int(flagged.sum())
+    report.dropped = int(new.sum())
+    report.dropped_total = dropped_before + report.dropped
+    return report, rows, s, csize, flagged, new, messages
 
 
 def _canonical_order(logits, features=None):
@@ -355,17 +410,26 @@ def _score(labels, logits, features, params, *, active=None, progress=False, n_j
     n = labels.size
     if active is None:
         active = np.ones(n, dtype=bool)
+    # The authors' rule scores every example; "survivors" only the kept ones.
+    scored = np.ones(n, dtype=bool) if params["cumulative"] == "intersect" else active
     scores = np.full(n, np.nan)
     cluster_size = np.full(n, -1, dtype=np.int64)
+    flagged = np.zeros(n, dtype=bool)
     drop = np.zeros(n, dtype=bool)
     reports = []
     # One stable sort groups rows by class without a pass per class.
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
     present = [c for c in range(num_classes) if bounds[c + 1] > bounds[c]]
-    if method == "deep-knn":
+    ctx = dict(params, labels=labels, logits=logits, features=features)
+    budgets = None
+    if method == "epic":
+        # The medoid budget is global (int(fraction * N)), split over classes.
+        budgets = medoid_budgets(np.bincount(labels[scored], minlength=num_classes),
+                                 params["fraction"], random_state=random_state)
+    elif method == "deep-knn":
         # Deep k-NN looks across classes: one neighbour search over everything.
-        act = np.flatnonzero(active)
+        act = np.flatnonzero(scored)
         k_all = min(k, act.size - 1)
         agreement = np.full(n, np.nan)
         deep_drop = np.zeros(n, dtype=bool)
@@ -374,13 +438,13 @@ def _score(labels, logits, features, params, *, active=None, progress=False, n_j
             idx, _, used = nb.kneighbors(DenseGradients(features[act]), k_all,
                                          backend=neighbors, random_state=random_state)
             agreement[act], deep_drop[act] = deep_knn_agreement(labels[act], idx, num_classes)
-    ctx = dict(params, labels=labels, logits=logits, features=features)
-    if method == "deep-knn":
         ctx.update(agreement=agreement, deep_drop=deep_drop, k_all=k_all, used=used)
 
     def one(c):
         rows_all = order[bounds[c]:bounds[c + 1]]
-        return _score_class(c, rows_all, rows_all[active[rows_all]], **ctx)
+        rows = rows_all[scored[rows_all]]
+        return _score_class(c, rows_all, rows, active[rows],
+                            n_medoids=None if budgets is None else int(budgets[c]), **ctx)
 
     jobs = _n_threads(n_jobs, len(present))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -390,16 +454,17 @@ def _score(labels, logits, features, params, *, active=None, progress=False, n_j
         outcomes = pool.map(one, present) if jobs > 1 else map(one, present)
         for out in progress_bar(outcomes, enabled=progress, total=len(present),
                                 desc="classes", unit="class"):
-            report, rows, s, csize, d, messages = out
+            report, rows, s, csize, f, d, messages = out
             for m in messages:
                 warnings.warn(m, GradscoreWarning, stacklevel=3)
             reports.append(report)
             if s is not None:
                 scores[rows] = s
+                flagged[rows] = f
                 drop[rows] = d
             if csize is not None:
                 cluster_size[rows] = csize
     keep = active & ~drop
     decision = np.where(keep, KEPT, np.where(active, DROPPED, DROPPED_BEFORE)).astype(object)
     return ScoreResult(keep=keep, scores=scores, cluster_size=cluster_size,
-                       decision=decision, classes=reports, params=params)
+                       decision=decision, flagged=flagged, classes=reports, params=params)

@@ -1,9 +1,13 @@
 """The paper's drop schedule: score every ``freq`` epochs from ``warmup`` to ``stop``.
 
 EPIC does not score once. It trains a few epochs first (``warmup``), then
-scores the still-kept examples every ``freq`` epochs until ``stop``; each
-scoring drops more, and an example once dropped stays dropped (drops are
-cumulative). :class:`DropSchedule` holds that state -- which epochs were
+scores the training set every ``freq`` epochs until ``stop``; an example
+once dropped stays dropped (drops are cumulative). As in the authors'
+training script, every example is scored and clustered at every round and
+kept only if it was kept at this round and at every earlier one (the
+``cumulative`` scoring parameter, default ``"intersect"``), and
+``max_total_drop_fraction`` bounds what a class can lose over all rounds.
+:class:`DropSchedule` holds that state -- which epochs were
 scored, the running keep-list -- and persists it atomically after every
 scoring, so a training run that crashes and resumes continues where it
 stopped instead of scoring again from an all-kept start.
@@ -71,8 +75,11 @@ class DropSchedule:
         the first scoring (everything kept).
     history : list of dict
         One entry per scored epoch: ``epoch``, ``n``, ``kept``, ``dropped``
-        (dropped at that epoch) and ``keeplist`` (the path written by
-        :meth:`step_files`, else None).
+        (newly dropped at that epoch), ``flagged`` (examples that epoch's
+        rule dropped, whether or not dropped before), ``cap_hit_classes`` and
+        ``total_cap_hit_classes`` (classes where ``max_drop_fraction`` or
+        ``max_total_drop_fraction`` bit) and ``keeplist`` (the path written
+        by :meth:`step_files`, else None).
     last_result : ScoreResult or None
         The result of the latest scoring in this process (not persisted).
 
@@ -157,8 +164,9 @@ class DropSchedule:
         """Score one epoch in memory and return the keep mask.
 
         Examples dropped at an earlier epoch stay dropped (they are passed to
-        :func:`gradscore.score` as inactive). Give every example of the
-        training set, not only the kept ones.
+        :func:`gradscore.score` as inactive; under the default
+        ``cumulative="intersect"`` they are still scored, as in the paper).
+        Give every example of the training set, not only the kept ones.
 
         Parameters
         ----------
@@ -253,7 +261,12 @@ class DropSchedule:
         else:
             kept_ids = np.array(sorted(kept_ids.tolist()), dtype=object)
         entry = {"epoch": epoch, "n": int(result.keep.size), "kept": int(kept_ids.size),
-                 "dropped": before - int(kept_ids.size), "keeplist": keeplist}
+                 "dropped": before - int(kept_ids.size),
+                 "flagged": int(result.flagged.sum()),
+                 "cap_hit_classes": [c.label for c in result.classes if c.cap_hit],
+                 "total_cap_hit_classes": [c.label for c in result.classes
+                                           if c.total_cap_hit],
+                 "keeplist": keeplist}
         old = self.keep_ids
         self.keep_ids = kept_ids
         self.history.append(entry)

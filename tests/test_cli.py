@@ -67,26 +67,56 @@ def test_scores_table_csv_and_h5(runner, epoch_file, tmp_path):
                                "-o", str(tmp_path / "k.txt")])
     assert res.exit_code == 0, res.output
     lines = csv_path.read_text().splitlines()
-    assert lines[0] == "id,label,score,cluster_size,decision"
+    assert lines[0] == "id,label,score,cluster_size,flagged,decision"
     assert len(lines) == 1 + 1497
     h5_path = tmp_path / "s.h5"
     assert runner.invoke(main, ["score", str(epoch_file), "--scores", str(h5_path), "-q",
                                 "-o", str(tmp_path / "k.txt")]).exit_code == 0
     import h5py
     with h5py.File(h5_path) as f:
-        assert set(f) == {"id", "label", "score", "cluster_size", "decision"}
+        assert set(f) == {"id", "label", "score", "cluster_size", "flagged", "decision"}
 
 
 def test_previous_keeplist_makes_drops_cumulative(runner, epoch_file, tmp_path):
-    k1, k2 = tmp_path / "k1.txt", tmp_path / "k2.txt"
+    k1, k2, k3 = tmp_path / "k1.txt", tmp_path / "k2.txt", tmp_path / "k3.txt"
     assert runner.invoke(main, ["score", str(epoch_file), "-o", str(k1), "-q"]).exit_code == 0
     res = runner.invoke(main, ["score", str(epoch_file), "-o", str(k2), "--previous", str(k1),
                                "--json"])
     assert res.exit_code == 0, res.output
     first = set(k1.read_text().split())
     second = set(k2.read_text().split())
-    assert second <= first and len(second) < len(first)
+    summary = json.loads(res.output)
+    # The paper's rule scores everything again: the same export gives the same
+    # clusters, so the second round drops nothing new.
+    assert second == first
+    assert summary["dropped_before"] == 1497 - len(first) and summary["dropped"] == 0
+    assert summary["flagged"] == 1497 - len(first)
+    # Scoring only the survivors re-clusters a thinner set and drops more.
+    res = runner.invoke(main, ["score", str(epoch_file), "-o", str(k3), "--previous", str(k1),
+                               "--cumulative", "survivors", "--json"])
+    assert res.exit_code == 0, res.output
+    third = set(k3.read_text().split())
+    assert third < first
     assert json.loads(res.output)["dropped_before"] == 1497 - len(first)
+
+
+def test_max_total_drop_fraction_bounds_a_class_over_rounds(runner, epoch_file, tmp_path):
+    k1, k2 = tmp_path / "k1.txt", tmp_path / "k2.txt"
+    assert runner.invoke(main, ["score", str(epoch_file), "-o", str(k1), "-q",
+                                "--fraction", "0.5"]).exit_code == 0
+    res = runner.invoke(main, ["score", str(epoch_file), "-o", str(k2), "--previous", str(k1),
+                               "--cumulative", "survivors", "--fraction", "0.5",
+                               "--max-total-drop-fraction", "0.1", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    for c in summary["classes"]:
+        assert c["dropped_total"] == c["dropped_before"] + c["dropped"]
+        assert c["dropped"] <= max(0, int(0.1 * c["n"]) - c["dropped_before"])
+    assert summary["total_cap_hit_classes"]
+    res = runner.invoke(main, ["score", str(epoch_file), "-o", str(k2), "--previous", str(k1),
+                               "--cumulative", "survivors", "--fraction", "0.5",
+                               "--max-total-drop-fraction", "0.1"])
+    assert "max-total-drop-fraction cap bit in" in res.output
 
 
 def test_previous_with_unknown_ids_is_an_error(runner, epoch_file, tmp_path):

@@ -114,14 +114,75 @@ def test_cap_limits_drops_per_class_and_reports_it():
     assert dropped_scores.max() <= kept_scores.min()
 
 
-def test_active_mask_makes_drops_cumulative():
+def times_selected_reference(rounds, drop_epochs, **params):
+    """The authors' training-script rule, written out directly: at every drop
+    epoch e all N examples are clustered; an example is trained on from e on
+    only if its cluster survives now and ``times_selected[i] == e``, i.e. it
+    was trained on at every epoch so far."""
+    n = rounds[0][0].size
+    times_selected = np.zeros(n, dtype=int)
+    trained = np.ones(n, dtype=bool)
+    out = []
+    epoch = 0
+    for (labels, logits), e in zip(rounds, drop_epochs):
+        times_selected[trained] += e - epoch   # epochs epoch..e-1 trained on `trained`
+        epoch = e
+        subset = np.flatnonzero(gradscore.score(labels, logits, **params).keep)
+        subset = subset[times_selected[subset] == e]
+        trained = np.zeros(n, dtype=bool)
+        trained[subset] = True
+        out.append(trained.copy())
+    return out
+
+
+def test_active_mask_follows_the_authors_times_selected_rule():
+    rng = np.random.default_rng(6)
+    labels, logits, _ = make_data(n=400, seed=6)
+    # Three rounds of a model that changes between them.
+    rounds = [(labels, logits + rng.normal(scale=0.7, size=logits.shape)) for _ in range(3)]
+    params = dict(max_drop_fraction=1.0, max_total_drop_fraction=1.0)
+    want = times_selected_reference(rounds, [2, 4, 6], **params)
+    active = None
+    for (lab, lg), ref in zip(rounds, want):
+        r = gradscore.score(lab, lg, active=active, **params)
+        np.testing.assert_array_equal(r.keep, ref)
+        if active is not None:
+            assert (r.decision[~active] == "dropped-before").all()
+            assert not np.isnan(r.scores).any()   # every row is scored
+            assert sum(c.dropped_before for c in r.classes) == (~active).sum()
+            assert sum(c.dropped_total for c in r.classes) == (~r.keep).sum()
+        active = r.keep
+    assert want[2].sum() < want[1].sum() < want[0].sum()
+
+
+def test_same_export_twice_drops_nothing_new_but_survivors_mode_does():
     labels, logits, _ = make_data(n=300, seed=6)
     first = gradscore.score(labels, logits)
     second = gradscore.score(labels, logits, active=first.keep)
-    assert not second.keep[~first.keep].any()
-    assert (second.decision[~first.keep] == "dropped-before").all()
-    assert np.isnan(second.scores[~first.keep]).all()
-    assert sum(c.dropped_before for c in second.classes) == (~first.keep).sum()
+    np.testing.assert_array_equal(second.keep, first.keep)
+    np.testing.assert_array_equal(second.flagged, ~first.keep)
+    third = gradscore.score(labels, logits, active=first.keep, cumulative="survivors")
+    assert not third.keep[~first.keep].any()
+    assert (third.decision[~first.keep] == "dropped-before").all()
+    assert np.isnan(third.scores[~first.keep]).all()   # survivors only are scored
+    assert third.keep.sum() < first.keep.sum()
+
+
+def test_total_cap_bounds_drops_over_rounds():
+    labels, logits, _ = make_data(n=400, seed=8)
+    active = np.ones(labels.size, dtype=bool)
+    active[np.flatnonzero(labels == 0)[:30]] = False   # dropped before
+    r = gradscore.score(labels, logits, active=active, fraction=0.5,
+                        max_total_drop_fraction=0.2)
+    for c in r.classes:
+        limit = int(np.floor(0.2 * c.n))
+        assert c.dropped_total == c.dropped_before + c.dropped
+        assert c.dropped <= max(0, limit - c.dropped_before)
+        wanted = (r.flagged & active & (labels == c.label)).sum()   # new drops the rule asked for
+        assert c.total_cap_hit == (wanted > c.dropped)
+    # The class that had lost 30 already may lose at most floor(0.2 n) - 30 more.
+    c0 = r.classes[0]
+    assert c0.dropped == max(0, int(0.2 * c0.n) - 30) and c0.total_cap_hit
 
 
 def test_label_smoothing_shifts_logit_gradients_but_changes_last_layer_ones():

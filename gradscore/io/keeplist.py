@@ -160,11 +160,12 @@ def _write_scores_to(tmp, ext, ids, labels, result):
     if ext == ".csv":
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["id", "label", "score", "cluster_size", "decision"])
+            w.writerow(["id", "label", "score", "cluster_size", "flagged", "decision"])
             for row in zip(ids.tolist(), labels.tolist(), result.scores.tolist(),
-                           result.cluster_size.tolist(), result.decision.tolist()):
-                i, lab, sc, cs, dec = row
-                w.writerow([i, lab, "" if sc != sc else repr(sc), cs, dec])
+                           result.cluster_size.tolist(), result.flagged.tolist(),
+                           result.decision.tolist()):
+                i, lab, sc, cs, fl, dec = row
+                w.writerow([i, lab, "" if sc != sc else repr(sc), cs, int(fl), dec])
     else:
         with h5py.File(tmp, "w") as f:
             if ids.dtype.kind in "iu":
@@ -175,6 +176,7 @@ def _write_scores_to(tmp, ext, ids, labels, result):
             f.create_dataset("label", data=labels)
             f.create_dataset("score", data=result.scores)
             f.create_dataset("cluster_size", data=result.cluster_size)
+            f.create_dataset("flagged", data=result.flagged)
             f.create_dataset("decision", data=result.decision.astype(object),
                              dtype=h5py.string_dtype("utf-8"))
             f.attrs["score_direction"] = "higher = denser = more typical"

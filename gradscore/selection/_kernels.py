@@ -1,6 +1,7 @@
 """numba kernels for greedy facility location (lazy greedy with a binary heap).
 
-Both kernels maximise :math:`F(S) = \\sum_i \\max_{j \\in S} s(i, j)` and
+Both kernels maximise :math:`F(S) = \\sum_i \\max_{j \\in S} s(i, j)` (with
+:math:`\\max_\\emptyset = 0`) and
 break ties in marginal gain by the lowest row index, so they pick exactly
 what the plain greedy algorithm picks: a stale bound is only ever an upper
 bound on the true gain (submodularity), and a freshly evaluated entry at the
@@ -57,14 +58,13 @@ def _pop(hg, hi, size):
 
 
 @njit(cache=True, nogil=True)
-def dense_facility_location(d2, big_m, budget):
-    """Greedy facility location on a dense kernel ``s = big_m - d2``.
+def dense_facility_location(sim, budget):
+    """Greedy facility location on a dense similarity matrix.
 
     Parameters
     ----------
-    d2 : ndarray of shape (n, n), float64, symmetric
-    big_m : float
-        ``max(d2)``, so that every similarity is >= 0.
+    sim : ndarray of shape (n, n), float64, symmetric, >= 0
+        ``sim[j, i]``: how well candidate ``j`` represents example ``i``.
     budget : int
         Number of medoids to pick (<= n).
 
@@ -72,7 +72,7 @@ def dense_facility_location(d2, big_m, budget):
     -------
     medoids : ndarray of shape (budget,), int64, in selection order.
     """
-    n = d2.shape[0]
+    n = sim.shape[0]
     cur = np.zeros(n)
     hg = np.empty(n)
     hi = np.empty(n, dtype=np.int64)
@@ -81,7 +81,7 @@ def dense_facility_location(d2, big_m, budget):
     for j in range(n):
         g = 0.0
         for i in range(n):
-            g += big_m - d2[j, i]
+            g += sim[j, i]
         size = _push(hg, hi, size, g, j)
         stamp[j] = 0
     medoids = np.empty(budget, dtype=np.int64)
@@ -92,13 +92,13 @@ def dense_facility_location(d2, big_m, budget):
             medoids[picked] = j
             picked += 1
             for i in range(n):
-                s = big_m - d2[j, i]
+                s = sim[j, i]
                 if s > cur[i]:
                     cur[i] = s
             continue
         g = 0.0
         for i in range(n):
-            s = big_m - d2[j, i] - cur[i]
+            s = sim[j, i] - cur[i]
             if s > 0.0:
                 g += s
         stamp[j] = picked
@@ -106,20 +106,44 @@ def dense_facility_location(d2, big_m, budget):
     return medoids
 
 
-@njit(cache=True, nogil=True)
-def sparse_facility_location(indptr, members, member_d2, dnear0, budget):
-    """Greedy facility location on a sparse neighbour graph.
+@njit(cache=True, inline="always")
+def _similarity(a, h, sqn, i, j, inv_dim):
+    # exp(-||g_i - g_j|| / dim) for g = a (x) h, from the factors:
+    # ||g_i - g_j||^2 = |g_i|^2 + |g_j|^2 - 2 (a_i . a_j)(h_i . h_j).
+    aa = 0.0
+    for c in range(a.shape[1]):
+        aa += a[i, c] * a[j, c]
+    hh = 0.0
+    for c in range(h.shape[1]):
+        hh += h[i, c] * h[j, c]
+    d2 = sqn[i] + sqn[j] - 2.0 * aa * hh
+    if d2 < 0.0:
+        d2 = 0.0
+    return np.exp(-np.sqrt(d2) * inv_dim)
 
-    Candidate ``j`` covers the examples ``members[indptr[j]:indptr[j+1]]``
-    (those that list ``j`` among their neighbours, and ``j`` itself) at
-    squared distances ``member_d2``. The gain of ``j`` is
-    :math:`\\sum_i \\max(0, dnear_i - d^2(i, j))`, where :math:`dnear_i`
-    starts at ``dnear0[i]`` and becomes the squared distance to the nearest
-    chosen medoid among ``i``'s neighbours. With ``dnear0 = max(d2)`` and the
-    full graph this is the dense kernel.
+
+@njit(cache=True, nogil=True)
+def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv_dim):
+    """Greedy facility location on a k-NN graph, with exact coverage.
+
+    Candidate ``j`` is credited only for the examples
+    ``members[indptr[j]:indptr[j+1]]`` (those that list ``j`` among their
+    k nearest neighbours, and ``j`` itself, at similarities ``member_sim``).
+    Each example's current coverage ``cur[i]`` (its similarity to the
+    nearest chosen medoid) is kept *exact*: once a medoid among ``i``'s k
+    nearest neighbours is chosen, the nearest medoid is among them (every
+    other example lies beyond ``i``'s k-NN radius); until then ``i`` is
+    "uncovered" and its coverage is updated against every new medoid from
+    the gradient factors ``a`` (n, C) and ``h`` (n, m), whose squared norms
+    products are ``sqn``. So the only approximation is in the gains: a
+    candidate is not credited for uncovered examples outside its reverse
+    neighbour list.
     """
     n = indptr.shape[0] - 1
-    dnear = dnear0.copy()
+    cur = np.zeros(n)
+    covered = np.zeros(n, dtype=np.bool_)
+    unc = np.arange(n)
+    n_unc = n
     hg = np.empty(n)
     hi = np.empty(n, dtype=np.int64)
     stamp = np.full(n, -1, dtype=np.int64)
@@ -127,9 +151,7 @@ def sparse_facility_location(indptr, members, member_d2, dnear0, budget):
     for j in range(n):
         g = 0.0
         for p in range(indptr[j], indptr[j + 1]):
-            s = dnear[members[p]] - member_d2[p]
-            if s > 0.0:
-                g += s
+            g += member_sim[p]
         size = _push(hg, hi, size, g, j)
         stamp[j] = 0
     medoids = np.empty(budget, dtype=np.int64)
@@ -141,12 +163,24 @@ def sparse_facility_location(indptr, members, member_d2, dnear0, budget):
             picked += 1
             for p in range(indptr[j], indptr[j + 1]):
                 i = members[p]
-                if member_d2[p] < dnear[i]:
-                    dnear[i] = member_d2[p]
+                covered[i] = True
+                if member_sim[p] > cur[i]:
+                    cur[i] = member_sim[p]
+            w = 0
+            for t in range(n_unc):
+                i = unc[t]
+                if covered[i]:
+                    continue
+                s = _similarity(a, h, sqn, i, j, inv_dim)
+                if s > cur[i]:
+                    cur[i] = s
+                unc[w] = i
+                w += 1
+            n_unc = w
             continue
         g = 0.0
         for p in range(indptr[j], indptr[j + 1]):
-            s = dnear[members[p]] - member_d2[p]
+            s = member_sim[p] - cur[members[p]]
             if s > 0.0:
                 g += s
         stamp[j] = picked

@@ -1,27 +1,34 @@
 """EPIC: drop examples that greedy facility location leaves in tiny clusters.
 
-Following Yang et al., "Not All Poisons are Created Equal" (ICML 2022): per
-class, greedy facility location picks ``ceil(fraction * n)`` medoids with
-similarity :math:`s(i, j) = \\max d^2 - d^2(i, j)` over squared euclidean
-gradient distances; every example joins its most similar medoid (ties: the
-medoid picked first); examples in clusters of at most ``cluster_threshold``
-members are dropped.
+Following Yang et al., "Not All Poisons are Created Equal" (ICML 2022) and
+the authors' code (``utils/coreset.py``, which calls submodlib's
+``FacilityLocationFunction(mode="dense", metric="euclidean")``): per class,
+greedy facility location picks ``n_medoids`` medoids with the similarity
+
+.. math::
+
+    s(i, j) = \\exp\\left(-\\frac{\\lVert g_i - g_j \\rVert}{m}\\right)
+
+over plain (not squared) euclidean gradient distances, ``m`` being the
+gradient's dimension; every example joins its most similar medoid (ties:
+the medoid picked first); examples in clusters of at most
+``cluster_threshold`` members are dropped. :func:`medoid_budgets` splits
+the medoid budget over classes as the authors do.
 
 Two ways to run it:
 
 ``epic_dense``
-    The full n x n kernel, exactly the reference semantics (the authors'
-    code builds the same dense kernel). O(n^2) memory.
+    The full n x n kernel, exactly the reference semantics. O(n^2) memory.
 ``epic_sparse``
-    The same greedy restricted to the k-NN graph (O(n k) memory): candidate
-    j only covers examples that list j among their k nearest neighbours.
-    An example not yet covered by any medoid counts as lying at
-    ``uncovered_scale`` times its k-NN radius from the nearest medoid. Once
+    The same greedy on the k-NN graph (O(n k) memory): candidate j is only
+    credited for the examples that list j among their k nearest neighbours,
+    while every example's coverage (its similarity to the nearest chosen
+    medoid) is kept exact (see
+    :func:`gradscore.selection._kernels.sparse_facility_location`). Once
     medoids are chosen, each example joins its exact nearest medoid.
 """
 
 from dataclasses import dataclass
-import math
 
 import numpy as np
 
@@ -53,8 +60,49 @@ class EpicResult:
     mode: str
 
 
-def n_medoids(n, fraction):
-    return max(1, min(n, math.ceil(fraction * n - 1e-9)))
+def medoid_budgets(class_sizes, fraction, *, random_state=None):
+    """Medoids per class, split as the authors' ``get_orders_and_weights`` does.
+
+    The total budget is ``B = int(fraction * N)`` over the ``N`` scored
+    examples; class ``c`` of ``n_c`` examples gets ``ceil(n_c / N * B)``,
+    and the surplus of that rounding is taken back one medoid each from
+    distinct classes (with a budget left) drawn at random.
+
+    Parameters
+    ----------
+    class_sizes : array-like of shape (n_classes,)
+        Scored examples per class (zeros allowed).
+    fraction : float
+        Medoids as a fraction of all scored examples, in (0, 1].
+    random_state : int, default=None
+        Seed for choosing the classes that give back a medoid (the authors'
+        code draws them from NumPy's global random state).
+
+    Returns
+    -------
+    budgets : ndarray of shape (n_classes,), int64
+        Between 0 and ``class_sizes[c]``; they sum to ``int(fraction * N)``.
+
+    Examples
+    --------
+    >>> medoid_budgets([50, 30, 20], 0.2).tolist()
+    [10, 6, 4]
+    >>> int(sum(medoid_budgets([7, 7, 7], 0.2, random_state=0)))
+    4
+    """
+    sizes = np.asarray(class_sizes, dtype=np.int64)
+    total = int(sizes.sum())
+    if total == 0:
+        return np.zeros(sizes.size, dtype=np.int64)
+    b = int(fraction * total)
+    # The authors' expression, in the same floating-point order.
+    budgets = np.ceil(np.divide(sizes, total) * b).astype(np.int64)
+    surplus = int(budgets.sum()) - b
+    if surplus > 0:
+        rng = np.random.default_rng(random_state)
+        eligible = np.flatnonzero(budgets > 0)
+        budgets[rng.choice(eligible, size=surplus, replace=False)] -= 1
+    return budgets
 
 
 def _finish(medoids, cluster, cluster_threshold, mode):
@@ -63,25 +111,56 @@ def _finish(medoids, cluster, cluster_threshold, mode):
     return EpicResult(medoids, cluster, size, size <= cluster_threshold, mode)
 
 
-def epic_dense(d2, *, fraction, cluster_threshold):
-    """EPIC on a full squared-distance matrix ``d2`` of shape (n, n)."""
-    n = d2.shape[0]
-    budget = n_medoids(n, fraction)
-    medoids = dense_facility_location(d2, float(d2.max()), budget)
-    # argmin returns the first minimum: the earliest-picked medoid wins ties.
-    cluster = np.argmin(d2[:, medoids], axis=1)
+def similarity_from_sqdist(d2, dim):
+    """EPIC's kernel ``exp(-sqrt(d2) / dim)`` (a new array)."""
+    s = np.sqrt(d2)
+    s *= -1.0 / dim
+    return np.exp(s, out=s)
+
+
+def epic_dense(d2, *, n_medoids, dim, cluster_threshold):
+    """EPIC on a full squared-distance matrix.
+
+    Parameters
+    ----------
+    d2 : ndarray of shape (n, n)
+        Squared euclidean distances between the class's gradients.
+    n_medoids : int
+        Medoids to pick, 1 <= n_medoids <= n.
+    dim : int
+        Dimension of the gradient (the kernel's length scale).
+    cluster_threshold : int
+        Drop members of clusters of at most this size.
+
+    Returns
+    -------
+    result : EpicResult
+    """
+    sim = similarity_from_sqdist(d2, dim)
+    medoids = dense_facility_location(sim, int(n_medoids))
+    # argmax returns the first maximum: the earliest-picked medoid wins ties.
+    cluster = np.argmax(sim[:, medoids], axis=1)
     return _finish(medoids, cluster, cluster_threshold, "dense")
 
 
-#: Default for ``uncovered_scale`` in :func:`epic_sparse` (see docs/method.md).
-UNCOVERED_SCALE = 1.5
+def epic_sparse(grads, knn_idx, knn_d2, *, n_medoids, cluster_threshold):
+    """EPIC on a k-NN graph (``knn_idx``, ``knn_d2`` of shape (n, k)).
 
+    Parameters
+    ----------
+    grads : DenseGradients or OuterGradients
+        The class's gradients (``grads.dim`` sets the kernel's scale).
+    knn_idx, knn_d2 : ndarray of shape (n, k)
+        Each row's k nearest other rows and their squared distances.
+    n_medoids : int
+        Medoids to pick, 1 <= n_medoids <= n.
+    cluster_threshold : int
 
-def epic_sparse(grads, knn_idx, knn_d2, *, fraction, cluster_threshold,
-                uncovered_scale=UNCOVERED_SCALE):
-    """EPIC on a k-NN graph (``knn_idx``, ``knn_d2`` of shape (n, k))."""
+    Returns
+    -------
+    result : EpicResult
+    """
     n, k = knn_idx.shape
-    budget = n_medoids(n, fraction)
     # Reverse graph: candidate j covers i when j is among i's neighbours;
     # every candidate also covers itself at distance 0.
     cand = np.concatenate([knn_idx.ravel(), np.arange(n)])
@@ -90,10 +169,11 @@ def epic_sparse(grads, knn_idx, knn_d2, *, fraction, cluster_threshold,
     order = np.argsort(cand, kind="stable")
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(cand, minlength=n), out=indptr[1:])
-    radius = knn_d2[:, -1] if k else np.zeros(n)
-    dnear0 = uncovered_scale * radius
-    dnear0[dnear0 <= 0] = np.finfo(np.float64).tiny  # duplicates: any cover suffices
+    a, h = grads.factors()
+    sqn = grads.sqnorms()
     medoids = sparse_facility_location(
-        indptr, members[order].astype(np.int64), dist[order], dnear0, budget)
+        indptr, members[order].astype(np.int64),
+        similarity_from_sqdist(dist[order], grads.dim), int(n_medoids), a, h, sqn,
+        1.0 / grads.dim)
     cluster, _ = nearest_target(grads, grads.take(medoids))
     return _finish(medoids, cluster, cluster_threshold, "sparse")

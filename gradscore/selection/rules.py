@@ -38,11 +38,22 @@ def apply_cap(drop, scores, max_fraction):
     cap_hit : bool
         True when the cap removed some rows from the drop set.
     """
-    limit = int(np.floor(max_fraction * drop.size))
+    return limit_drops(drop, scores, int(np.floor(max_fraction * drop.size)))
+
+
+def limit_drops(drop, scores, limit):
+    """Limit ``drop`` to its ``limit`` least dense rows (ties: lower row first).
+
+    Returns
+    -------
+    drop : ndarray of shape (n,), bool
+    cap_hit : bool
+        True when rows were removed from the drop set.
+    """
     if drop.sum() <= limit:
         return drop, False
     candidates = np.flatnonzero(drop)
     order = candidates[_lowest_first(scores[candidates])]
     capped = np.zeros_like(drop)
-    capped[order[:limit]] = True
+    capped[order[:max(0, limit)]] = True
     return capped, True
