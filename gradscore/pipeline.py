@@ -31,8 +31,10 @@ CUMULATIVE_RULES = ("intersect", "survivors")
 FEATURE_METHODS = ("deep-knn", "spectral")
 
 #: Classes up to this size run EPIC on the dense kernel (exact reference
-#: semantics); larger ones on the k-NN graph. See docs/method.md.
-DENSE_MAX = 2000
+#: semantics; n^2 * 8 bytes, 200 MB at 5,000); larger ones on the k-NN
+#: graph. 5,000 puts CIFAR-10's classes, the paper's main setting, on the
+#: exact path. See docs/method.md and docs/benchmarks.md.
+DENSE_MAX = 5000
 
 #: Decision codes in :attr:`ScoreResult.decision`.
 KEPT, DROPPED, DROPPED_BEFORE = "kept", "dropped", "dropped-before"
@@ -175,8 +177,9 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         Label smoothing used in training; it changes the gradient's target.
     neighbors : str, default="auto"
         Neighbour backend (see :mod:`gradscore.neighbors`).
-    dense_max : int, default=2000
-        EPIC runs on the dense kernel for classes up to this size.
+    dense_max : int, default=5000
+        EPIC runs on the exact dense kernel for classes up to this size,
+        on the k-NN graph above it.
     num_classes : int, default=None
         Number of classes; defaults to ``logits.shape[1]``.
     active : array-like of shape (n_samples,), bool, default=None
@@ -370,7 +373,7 @@ def _score_class(c, rows_all, rows, was_kept, *, labels, logits, features, metho
         elif method == "epic":
             if d2_full is not None:
                 res = epic_dense(d2_full, n_medoids=n_medoids, dim=grads.dim,
-                                 cluster_threshold=cluster_threshold)
+                                 cluster_threshold=cluster_threshold, overwrite=True)
             else:
                 res = epic_sparse(grads, knn_idx, knn_d2, n_medoids=n_medoids,
                                   cluster_threshold=cluster_threshold)

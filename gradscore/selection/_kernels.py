@@ -107,8 +107,8 @@ def dense_facility_location(sim, budget):
 
 
 @njit(cache=True, inline="always")
-def _similarity(a, h, sqn, i, j, inv_dim):
-    # exp(-||g_i - g_j|| / dim) for g = a (x) h, from the factors:
+def _distance(a, h, sqn, i, j):
+    # ||g_i - g_j|| for g = a (x) h, from the factors:
     # ||g_i - g_j||^2 = |g_i|^2 + |g_j|^2 - 2 (a_i . a_j)(h_i . h_j).
     aa = 0.0
     for c in range(a.shape[1]):
@@ -117,9 +117,7 @@ def _similarity(a, h, sqn, i, j, inv_dim):
     for c in range(h.shape[1]):
         hh += h[i, c] * h[j, c]
     d2 = sqn[i] + sqn[j] - 2.0 * aa * hh
-    if d2 < 0.0:
-        d2 = 0.0
-    return np.exp(-np.sqrt(d2) * inv_dim)
+    return np.sqrt(d2) if d2 > 0.0 else 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -133,14 +131,19 @@ def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv
     nearest chosen medoid) is kept *exact*: once a medoid among ``i``'s k
     nearest neighbours is chosen, the nearest medoid is among them (every
     other example lies beyond ``i``'s k-NN radius); until then ``i`` is
-    "uncovered" and its coverage is updated against every new medoid from
-    the gradient factors ``a`` (n, C) and ``h`` (n, m), whose squared norms
-    products are ``sqn``. So the only approximation is in the gains: a
-    candidate is not credited for uncovered examples outside its reverse
-    neighbour list.
+    "uncovered" and its distance to the nearest medoid is updated against
+    every new medoid from the gradient factors ``a`` (n, C) and ``h``
+    (n, m), ``sqn`` being the squared gradient norms. The update skips a
+    medoid whose norm differs from the example's by at least the current
+    distance (it cannot be nearer), which is what keeps it cheap in the
+    tight cores of confident examples. So the only approximation is in the
+    gains: a candidate is not credited for uncovered examples outside its
+    reverse neighbour list.
     """
     n = indptr.shape[0] - 1
     cur = np.zeros(n)
+    near = np.full(n, np.inf)
+    nrm = np.sqrt(sqn)
     covered = np.zeros(n, dtype=np.bool_)
     unc = np.arange(n)
     n_unc = n
@@ -171,11 +174,16 @@ def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv
                 i = unc[t]
                 if covered[i]:
                     continue
-                s = _similarity(a, h, sqn, i, j, inv_dim)
-                if s > cur[i]:
-                    cur[i] = s
                 unc[w] = i
                 w += 1
+                if abs(nrm[i] - nrm[j]) >= near[i]:
+                    continue  # |g_j| - |g_i| bounds the distance from below
+                d = _distance(a, h, sqn, i, j)
+                if d < near[i]:
+                    near[i] = d
+                    s = np.exp(-d * inv_dim)
+                    if s > cur[i]:
+                        cur[i] = s
             n_unc = w
             continue
         g = 0.0
@@ -186,3 +194,4 @@ def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv
         stamp[j] = picked
         size = _push(hg, hi, size, g, j)
     return medoids
+

@@ -111,14 +111,14 @@ def _finish(medoids, cluster, cluster_threshold, mode):
     return EpicResult(medoids, cluster, size, size <= cluster_threshold, mode)
 
 
-def similarity_from_sqdist(d2, dim):
-    """EPIC's kernel ``exp(-sqrt(d2) / dim)`` (a new array)."""
-    s = np.sqrt(d2)
+def similarity_from_sqdist(d2, dim, *, overwrite=False):
+    """EPIC's kernel ``exp(-sqrt(d2) / dim)``; in ``d2``'s memory if ``overwrite``."""
+    s = np.sqrt(d2, out=d2 if overwrite else None)
     s *= -1.0 / dim
     return np.exp(s, out=s)
 
 
-def epic_dense(d2, *, n_medoids, dim, cluster_threshold):
+def epic_dense(d2, *, n_medoids, dim, cluster_threshold, overwrite=False):
     """EPIC on a full squared-distance matrix.
 
     Parameters
@@ -131,12 +131,14 @@ def epic_dense(d2, *, n_medoids, dim, cluster_threshold):
         Dimension of the gradient (the kernel's length scale).
     cluster_threshold : int
         Drop members of clusters of at most this size.
+    overwrite : bool, default=False
+        Turn ``d2`` into the similarity matrix in place (saves n^2 memory).
 
     Returns
     -------
     result : EpicResult
     """
-    sim = similarity_from_sqdist(d2, dim)
+    sim = similarity_from_sqdist(d2, dim, overwrite=overwrite)
     medoids = dense_facility_location(sim, int(n_medoids))
     # argmax returns the first maximum: the earliest-picked medoid wins ties.
     cluster = np.argmax(sim[:, medoids], axis=1)
