@@ -5,7 +5,8 @@ file API, as a user's training loop would: train ``drop_after`` epochs on
 everything; then at every ``freq``-th epoch (until ``stop_after``) export the
 epoch with :func:`gradscore.write_epoch`, run :func:`gradscore.score_files`
 with ``previous=`` the last keep-list (cumulative drops, as in the authors'
-code, where an example once left out never returns), read the keep-list back
+code: every example is scored again and kept only if kept now and before),
+read the keep-list back
 with :func:`gradscore.read_keeplist` and train the next epochs on it only.
 
 All gradscore variants share the warm-up: they branch from one snapshot of
@@ -52,13 +53,18 @@ class Defence:
     paper: bool = False         # the paper's EPIC rule (method epic, logit gradients)
 
 
+UNCAPPED = dict(max_drop_fraction=1.0, max_total_drop_fraction=1.0)
+
+
 def default_defences(expected_poison_fraction=0.05):
     gs = "gradscore"
     return [
         Defence("none", "none"),
-        Defence("epic-0.1", gs, dict(method="epic", fraction=0.1), paper=True),
-        Defence("epic-0.2", gs, dict(method="epic", fraction=0.2), paper=True),
-        Defence("epic-0.3", gs, dict(method="epic", fraction=0.3), paper=True),
+        # The paper's rule: no caps (gradscore's defaults cap a round and the
+        # whole schedule at half a class).
+        Defence("epic-0.1", gs, dict(method="epic", fraction=0.1, **UNCAPPED), paper=True),
+        Defence("epic-0.2", gs, dict(method="epic", fraction=0.2, **UNCAPPED), paper=True),
+        Defence("epic-0.3", gs, dict(method="epic", fraction=0.3, **UNCAPPED), paper=True),
         Defence("knn-density", gs, dict(method="knn-density", z_threshold=3.0)),
         Defence("epic-0.2-last-layer", gs, dict(method="epic", fraction=0.2, gradient="last-layer")),
         Defence("deep-knn", gs, dict(method="deep-knn")),
