@@ -360,8 +360,12 @@ def _score_class(c, rows_all, rows, was_kept, *, labels, logits, features, metho
         d2_full = None
         if method == "epic" and rows.size <= dense_max:
             d2_full = nb.pairwise_sqdist(grads)
-            knn_idx, knn_d2 = nb.knn_from_sqdist(d2_full, k_c)
-            report.neighbors = "dense"
+            if nb.resolve_backend(grads, neighbors) == "kdtree":
+                # Cheaper than a partial sort of every row of the matrix.
+                knn_idx, knn_d2, report.neighbors = nb.kneighbors(grads, k_c, backend="kdtree")
+            else:
+                knn_idx, knn_d2 = nb.knn_from_sqdist(d2_full, k_c)
+                report.neighbors = "dense"
         else:
             knn_idx, knn_d2, report.neighbors = nb.kneighbors(
                 grads, k_c, backend=neighbors, random_state=random_state)

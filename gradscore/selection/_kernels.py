@@ -195,3 +195,31 @@ def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv
         size = _push(hg, hi, size, g, j)
     return medoids
 
+
+
+@njit(cache=True, nogil=True)
+def sqdist_to_similarity(d2, inv_dim):
+    """EPIC's kernel ``exp(-sqrt(d2) * inv_dim)``, in place, in one pass."""
+    n, m = d2.shape
+    for i in range(n):
+        for j in range(m):
+            v = d2[i, j]
+            d2[i, j] = np.exp(-np.sqrt(v) * inv_dim) if v > 0.0 else 1.0
+    return d2
+
+
+@njit(cache=True, nogil=True)
+def assign_to_medoids(sim, medoids):
+    """Position in ``medoids`` of each row's most similar medoid (ties: the earliest)."""
+    n = sim.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        best = -1.0
+        arg = 0
+        for k in range(medoids.shape[0]):
+            s = sim[i, medoids[k]]
+            if s > best:
+                best = s
+                arg = k
+        out[i] = arg
+    return out

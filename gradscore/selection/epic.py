@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._kernels import dense_facility_location, sparse_facility_location
+from ._kernels import (assign_to_medoids, dense_facility_location, sparse_facility_location,
+                       sqdist_to_similarity)
 from ..neighbors._exact import nearest_target
 
 
@@ -113,9 +114,12 @@ def _finish(medoids, cluster, cluster_threshold, mode):
 
 def similarity_from_sqdist(d2, dim, *, overwrite=False):
     """EPIC's kernel ``exp(-sqrt(d2) / dim)``; in ``d2``'s memory if ``overwrite``."""
-    s = np.sqrt(d2, out=d2 if overwrite else None)
-    s *= -1.0 / dim
-    return np.exp(s, out=s)
+    d2 = np.asarray(d2, dtype=np.float64)
+    if not overwrite or not d2.flags.c_contiguous:
+        d2 = np.array(d2, dtype=np.float64, order="C")
+    shape = d2.shape
+    return sqdist_to_similarity(d2.reshape(shape[0] if d2.ndim else 1, -1),
+                                1.0 / dim).reshape(shape)
 
 
 def epic_dense(d2, *, n_medoids, dim, cluster_threshold, overwrite=False):
@@ -140,8 +144,8 @@ def epic_dense(d2, *, n_medoids, dim, cluster_threshold, overwrite=False):
     """
     sim = similarity_from_sqdist(d2, dim, overwrite=overwrite)
     medoids = dense_facility_location(sim, int(n_medoids))
-    # argmax returns the first maximum: the earliest-picked medoid wins ties.
-    cluster = np.argmax(sim[:, medoids], axis=1)
+    # The first maximum: the earliest-picked medoid wins ties.
+    cluster = assign_to_medoids(sim, medoids)
     return _finish(medoids, cluster, cluster_threshold, "dense")
 
 
