@@ -146,3 +146,17 @@ def test_sparse_agrees_with_dense_on_structured_gradients():
     jaccard = (dense.drop & sparse.drop).sum() / max(1, (dense.drop | sparse.drop).sum())
     assert jaccard > 0.9
     assert sparse.medoids.size == dense.medoids.size
+
+
+def test_class_whose_budget_rounds_to_zero_is_kept_with_a_warning():
+    # 3 classes of 7: B = int(0.1 * 21) = 2, each class rounds up to 1, and
+    # one class gives its medoid back.
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 7)
+    logits = rng.normal(size=(21, 3)) + 3 * np.eye(3)[labels]
+    with pytest.warns(gradscore.GradscoreWarning, match="got no EPIC medoid"):
+        r = gradscore.score(labels, logits, fraction=0.1, k=3)
+    empty = [c for c in r.classes if c.n_medoids is None]
+    assert len(empty) == 1 and empty[0].dropped == 0
+    assert r.keep[labels == empty[0].label].all()
+    assert sum(c.n_medoids or 0 for c in r.classes) == 2

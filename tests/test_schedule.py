@@ -248,3 +248,16 @@ def test_importing_gradscore_needs_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_scoring_the_same_data_again_drops_nothing_new(epochs):
+    # The authors' rule: every example is clustered again; identical data gives
+    # identical clusters, so a second round keeps exactly the first's set.
+    s = DropSchedule(warmup=1, freq=1, **PARAMS)
+    labels, logits, feats = epochs[2]
+    first = s.step(1, labels, logits, feats)
+    second = s.step(2, labels, logits, feats)
+    np.testing.assert_array_equal(first, second)
+    assert s.history[1]["dropped"] == 0
+    assert s.history[1]["flagged"] == (~first).sum() > 0
+    assert s.history[1]["total_cap_hit_classes"] == []
