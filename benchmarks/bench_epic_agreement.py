@@ -31,6 +31,11 @@ def datasets(quick):
     with open(os.path.join(ROOT, "fixtures", "digits_poisons.json")) as fh:
         poisons = np.isin(ep.ids, json.load(fh)["poison_ids"])
     yield "digits fixture (10 x ~150)", ep.labels, ep.logits, poisons
+    if not quick:
+        # A real model's export with classes of about 2,000 (both paths run).
+        from real_exports import make_exports
+        ep = gradscore.read_epoch(make_exports(25_000, (5, 7))[0])
+        yield "mnist1d MLP, epoch 5 (10 x ~2,000)", ep.labels, ep.logits, None
     n = 4_000 if quick else 20_000
     path = os.path.join(HERE, "data", f"agree-{n}.h5")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -85,7 +90,8 @@ def main():
                      f"{r['dropped_sparse']} | {r.get('poisons', '-')} | "
                      f"{r['time_dense_s']:.2f} s | {r['time_sparse_s']:.2f} s |")
     text = (f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. In-process, numba "
-            f"kernels warmed, median of {a.repeat}.\n"
+            f"kernels warmed, median of {a.repeat}; load average {os.getloadavg()[0]:.1f} "
+            "at the end (other work running).\n"
             f"Command: `python benchmarks/bench_epic_agreement.py {' '.join(sys.argv[1:])}`\n\n"
             + "\n".join(lines))
     print(text)

@@ -120,6 +120,10 @@ def _distance(a, h, sqn, i, j):
     return np.sqrt(d2) if d2 > 0.0 else 0.0
 
 
+#: Uncovered examples are scanned in blocks of this many, by gradient norm.
+_BLOCK = 128
+
+
 @njit(cache=True, nogil=True)
 def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv_dim):
     """Greedy facility location on a k-NN graph, with exact coverage.
@@ -134,9 +138,11 @@ def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv
     "uncovered" and its distance to the nearest medoid is updated against
     every new medoid from the gradient factors ``a`` (n, C) and ``h``
     (n, m), ``sqn`` being the squared gradient norms. The update skips a
-    medoid whose norm differs from the example's by at least the current
-    distance (it cannot be nearer), which is what keeps it cheap in the
-    tight cores of confident examples. So the only approximation is in the
+    medoid whose norm differs from the example's by at least the example's
+    current distance (it cannot be nearer); examples are kept in blocks
+    sorted by norm, each with the largest current distance of its
+    uncovered members, so whole blocks are skipped at once (the tight core
+    of confident examples, mostly). So the only approximation is in the
     gains: a candidate is not credited for uncovered examples outside its
     reverse neighbour list.
     """
@@ -145,8 +151,21 @@ def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv
     near = np.full(n, np.inf)
     nrm = np.sqrt(sqn)
     covered = np.zeros(n, dtype=np.bool_)
-    unc = np.arange(n)
-    n_unc = n
+    by_norm = np.argsort(nrm)
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    block_of = np.empty(n, dtype=np.int64)
+    block_lo = np.empty(n_blocks)
+    block_hi = np.empty(n_blocks)
+    block_near = np.full(n_blocks, np.inf)
+    block_live = np.zeros(n_blocks, dtype=np.int64)
+    for b in range(n_blocks):
+        start = b * _BLOCK
+        stop = min(n, start + _BLOCK)
+        block_lo[b] = nrm[by_norm[start]]
+        block_hi[b] = nrm[by_norm[stop - 1]]
+        block_live[b] = stop - start
+        for t in range(start, stop):
+            block_of[by_norm[t]] = b
     hg = np.empty(n)
     hi = np.empty(n, dtype=np.int64)
     stamp = np.full(n, -1, dtype=np.int64)
@@ -166,25 +185,33 @@ def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv
             picked += 1
             for p in range(indptr[j], indptr[j + 1]):
                 i = members[p]
-                covered[i] = True
+                if not covered[i]:
+                    covered[i] = True
+                    block_live[block_of[i]] -= 1
                 if member_sim[p] > cur[i]:
                     cur[i] = member_sim[p]
-            w = 0
-            for t in range(n_unc):
-                i = unc[t]
-                if covered[i]:
+            nj = nrm[j]
+            for b in range(n_blocks):
+                if block_live[b] == 0:
                     continue
-                unc[w] = i
-                w += 1
-                if abs(nrm[i] - nrm[j]) >= near[i]:
-                    continue  # |g_j| - |g_i| bounds the distance from below
-                d = _distance(a, h, sqn, i, j)
-                if d < near[i]:
-                    near[i] = d
-                    s = np.exp(-d * inv_dim)
-                    if s > cur[i]:
-                        cur[i] = s
-            n_unc = w
+                gap = max(block_lo[b] - nj, nj - block_hi[b], 0.0)
+                if gap >= block_near[b]:
+                    continue  # no uncovered member can be nearer to j
+                worst = 0.0
+                for t in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
+                    i = by_norm[t]
+                    if covered[i]:
+                        continue
+                    if abs(nrm[i] - nj) < near[i]:
+                        d = _distance(a, h, sqn, i, j)
+                        if d < near[i]:
+                            near[i] = d
+                            s = np.exp(-d * inv_dim)
+                            if s > cur[i]:
+                                cur[i] = s
+                    if near[i] > worst:
+                        worst = near[i]
+                block_near[b] = worst
             continue
         g = 0.0
         for p in range(indptr[j], indptr[j + 1]):
@@ -194,7 +221,6 @@ def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv
         stamp[j] = picked
         size = _push(hg, hi, size, g, j)
     return medoids
-
 
 
 @njit(cache=True, nogil=True)
