@@ -236,3 +236,38 @@ def test_cli_inspect_deep(tmp_path):
     assert res.exit_code == 1
     assert res.output.strip() == (f"Error: {path}: dataset 'features' contains Inf in 1 row "
                                   "(first: 3)")
+
+
+def test_decompression_bomb_is_refused_by_its_declared_size(tmp_path):
+    """Zeros compress to almost nothing; what counts is what they decompress to."""
+    n, c = 2_000_000, 16
+    path = tmp_path / "zip.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("labels", shape=(n,), dtype="i8", chunks=(1 << 18,),
+                         compression="gzip", fillvalue=0)
+        f.create_dataset("logits", shape=(n, c), dtype="f8", chunks=(1 << 16, c),
+                         compression="gzip")
+        for s in range(0, n, 1 << 18):  # write every chunk, so storage is allocated
+            f["labels"][s:s + (1 << 18)] = 0
+        for s in range(0, n, 1 << 16):
+            f["logits"][s:s + (1 << 16)] = 0.0
+    assert os.path.getsize(path) < 2_000_000
+    with pytest.raises(GradscoreError, match=r"zip.h5: dataset 'logits' declares 2000000 rows; "
+                       r"reading the export needs .* but the --max-memory / max_memory limit "
+                       r"is 95.4 MiB \(100000000 bytes\)"):
+        gradscore.read_epoch(path, max_memory="100MB")
+
+
+def test_cli_turns_a_memory_error_into_one_line(tmp_path, monkeypatch):
+    """The backstop for scoring after the reader's check: never a traceback."""
+    labels, logits, _ = make_data(n=100)
+    path = tmp_path / "e.h5"
+    gradscore.write_epoch(path, labels=labels, logits=logits)
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError("Unable to allocate 74.5 GiB")
+    monkeypatch.setattr(gradscore, "score_files", exhausted)
+    res = CliRunner().invoke(main, ["score", str(path), "-q"])
+    assert res.exit_code == 1
+    assert res.output.strip().startswith("Error: out of memory (Unable to allocate 74.5 GiB)")
+    assert "Traceback" not in res.output
