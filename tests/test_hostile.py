@@ -271,3 +271,19 @@ def test_cli_turns_a_memory_error_into_one_line(tmp_path, monkeypatch):
     assert res.exit_code == 1
     assert res.output.strip().startswith("Error: out of memory (Unable to allocate 74.5 GiB)")
     assert "Traceback" not in res.output
+
+
+def test_str_ids_are_written_fixed_length_and_checksummed(tmp_path):
+    """No variable-length heap (unchecksummed; a damaged one made HDF5 loop
+    for ever in the fuzzer): fixed-length UTF-8 with Fletcher-32."""
+    ids = np.array(["é", "ünïcødé-🙂", "a", "b b"], dtype=object)
+    path = tmp_path / "u.h5"
+    gradscore.write_epoch(path, labels=np.array([0, 1, 0, 1]), logits=np.zeros((4, 2)),
+                          ids=ids)
+    with h5py.File(path) as f:
+        assert h5py.check_string_dtype(f["ids"].dtype).length == len("ünïcødé-🙂".encode())
+        assert f["ids"].fletcher32 and f["logits"].fletcher32 and f["labels"].fletcher32
+    assert gradscore.read_epoch(path).ids.tolist() == sorted(ids.tolist())
+    with pytest.raises(GradscoreError, match="ids hold a NUL character in 1 row"):
+        gradscore.write_epoch(tmp_path / "nul.h5", labels=np.array([0, 1]),
+                              logits=np.zeros((2, 2)), ids=np.array(["x\0", "y"], dtype=object))
