@@ -33,6 +33,11 @@ class _Errors:
             return False
         if issubclass(exc_type, GradscoreError):
             _fail(str(exc))
+        if issubclass(exc_type, MemoryError):
+            # The reader refuses exports that will not fit before reading;
+            # this is the backstop for the scoring that follows.
+            _fail(f"out of memory ({exc or 'MemoryError'}); give a smaller export, "
+                  "fewer --jobs, or run on a machine with more memory")
         if issubclass(exc_type, OSError):
             _fail(f"{getattr(exc, 'filename', '') or ''} {exc.strerror or exc}".strip())
         return False
@@ -109,13 +114,17 @@ def main():
 @click.option("-j", "--jobs", type=int, default=-1, show_default=True,
               help="Classes scored side by side in threads; -1: one per CPU core. "
                    "Results do not depend on it.")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory the read of the export may take, e.g. 4G or 512MiB; a larger "
+                   "export is refused before anything is allocated. Default: the memory "
+                   "available on the machine.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings or summary.")
 def score(files, output, scores_path, method, gradient, fraction, cluster_threshold, k,
           drop_fraction, z_threshold, max_drop_fraction, max_total_drop_fraction,
-          label_smoothing, neighbors, dense_max, previous, cumulative, seed, jobs, as_json,
-          quiet):
+          label_smoothing, neighbors, dense_max, previous, cumulative, seed, jobs, max_memory,
+          as_json, quiet):
     """Score one epoch's export FILES (or its shards) and write a keep-list.
 
     \b
@@ -134,7 +143,7 @@ def score(files, output, scores_path, method, gradient, fraction, cluster_thresh
             z_threshold=z_threshold, max_drop_fraction=max_drop_fraction,
             max_total_drop_fraction=max_total_drop_fraction, cumulative=cumulative,
             label_smoothing=label_smoothing, neighbors=neighbors, dense_max=dense_max,
-            random_state=seed, n_jobs=jobs)
+            random_state=seed, n_jobs=jobs, max_memory=max_memory)
     summary = result.summary()
     summary["output"] = out
     summary["scores"] = scores_path
@@ -176,16 +185,23 @@ def _print_summary(result, summary, out):
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--deep", is_flag=True,
+              help="Read and check every value of every dataset, features included "
+                   "(by default datasets a logits-gradient run does not use are checked "
+                   "for shape, dtype and written storage only).")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory the read may take, e.g. 4G; default the memory available.")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
-def inspect(files, as_json):
+def inspect(files, deep, max_memory, as_json):
     """Validate export FILES and print what they hold, without scoring.
 
     \b
     Example:
       gradscore inspect epoch_05.h5
+      gradscore inspect --deep epoch_05.h5
     """
     with _Errors():
-        info = gradscore.describe(list(files))
+        info = gradscore.describe(list(files), deep=deep, max_memory=max_memory)
     if as_json:
         click.echo(json.dumps(info, indent=1, sort_keys=True))
         return
@@ -196,6 +212,9 @@ def inspect(files, as_json):
                f"epoch: {info['epoch'] if info['epoch'] is not None else '-'}")
     click.echo("dtypes: " + ", ".join(f"{k}={v}" for k, v in info["dtypes"].items()))
     click.echo(f"ids: {info['id_kind']}")
+    click.echo("checked: every value of every dataset" if deep else
+               "checked: every value of the datasets scoring reads; features, weight and "
+               "bias for shape, dtype and written storage (--deep reads them too)")
     sizes = info["class_sizes"]
     click.echo("class sizes: " + ", ".join(f"{c}:{n}" for c, n in enumerate(sizes[:50]))
                + (f", ... ({len(sizes) - 50} more)" if len(sizes) > 50 else ""))

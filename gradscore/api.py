@@ -37,7 +37,7 @@ def sha256_file(path, chunk=1 << 22):
 
 
 def score_files(paths, *, output=None, scores_path=None, previous=None,
-                progress=False, **params):
+                progress=False, max_memory=None, **params):
     """Score export file(s) and write the keep-list, atomically.
 
     Parameters
@@ -56,6 +56,10 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         this round keeps it too; under ``"survivors"`` only the examples it
         keeps are scored. Every id in it must be in the export.
     progress : bool, default=False
+    max_memory : int or str, default=None
+        Bytes the read of the export may hold (``'4G'``, ``'512MiB'``);
+        default the memory available. A larger export is refused before
+        anything is allocated (see :func:`gradscore.read_epoch`).
     **params
         Passed to :func:`gradscore.score` (``method``, ``fraction``, ...).
 
@@ -86,7 +90,8 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
     check_params(**params)
     prev_ids = read_keeplist(previous) if previous is not None else None
     method, gradient = params.get("method", "epic"), params.get("gradient", "logits")
-    epoch = read_epoch(paths, need_features=needs_features(method, gradient))
+    epoch = read_epoch(paths, need_features=needs_features(method, gradient),
+                       max_memory=max_memory)
     check_features_given(method, gradient, epoch.features)
     if num_classes is not None and num_classes != epoch.num_classes:
         raise GradscoreError(f"num_classes={num_classes} but the export has "

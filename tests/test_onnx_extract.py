@@ -322,3 +322,80 @@ def test_import_gradscore_needs_no_onnx():
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------- untrusted models: sizes
+
+def _data(tmp_path, d=64):
+    np.savez(tmp_path / "d.npz", inputs=np.ones((4, d), np.float32), labels=np.arange(4))
+    return str(tmp_path / "d.npz")
+
+
+def test_initializer_declaring_a_huge_shape_is_refused(tmp_path):
+    model, _, _ = linear_model(tmp_path)
+    t = model.graph.initializer[0]  # 'w': dims (64, 10), 2560 bytes of data
+    del t.dims[:]
+    t.dims.extend([1_000_000, 1_000_000])
+    path = save(model, str(tmp_path / "huge.onnx"))
+    assert os.path.getsize(path) < 10_000
+    with pytest.raises(GradscoreError, match=r"tensor 'w' declares shape \(1000000, 1000000\) "
+                                             r"= 3725\.3 GiB .* refused"):
+        extract(path, _data(tmp_path), str(tmp_path / "e.h5"))
+    # A shape that fits the limit but not the data is refused too.
+    del t.dims[:]
+    t.dims.extend([64, 11])
+    path = save(model, str(tmp_path / "short.onnx"))
+    with pytest.raises(GradscoreError, match=r"declares shape \(64, 11\) = 2816 bytes but "
+                                             r"holds 2560 bytes"):
+        extract(path, _data(tmp_path), str(tmp_path / "e.h5"))
+    assert not os.path.exists(tmp_path / "e.h5")
+
+
+def test_enormous_intermediate_tensor_is_refused_before_running(tmp_path):
+    # ConstantOfShape([1e6, 1e6]) fed into the graph: 4 TB for any batch.
+    shape = numpy_helper.from_array(np.array([1_000_000, 1_000_000], np.int64), "big_shape")
+    model, _, _ = linear_model(tmp_path, extra=[
+        helper.make_node("ConstantOfShape", ["big_shape"], ["big"], name="bomb"),
+        helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+        helper.make_node("Add", ["z", "s"], ["out"])])
+    model.graph.initializer.append(shape)
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("out", TensorProto.FLOAT, None))
+    path = save(model, str(tmp_path / "bomb.onnx"))
+    with pytest.raises(GradscoreError, match=r"tensor 'big' \(output of a ConstantOfShape node "
+                                             r"'bomb'\) would have shape \(1000000, 1000000\)"):
+        extract(path, _data(tmp_path), str(tmp_path / "e.h5"), features=False)
+
+
+def test_loop_nodes_are_refused(tmp_path):
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["v_in"], ["v_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+    trips = numpy_helper.from_array(np.array(10**15, np.int64), "trips")
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    model, _, _ = linear_model(tmp_path, extra=[
+        helper.make_node("Loop", ["trips", "cond", "z"], ["looped"], body=body, name="forever")])
+    model.graph.initializer.extend([trips, cond])
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("looped", TensorProto.FLOAT, None))
+    path = save(model, str(tmp_path / "loop.onnx"))
+    with pytest.raises(GradscoreError, match=r"1 Loop node\(s\) \(first: 'forever'\); Loop "
+                                             r"nodes are refused"):
+        extract(path, _data(tmp_path), str(tmp_path / "e.h5"), features=False)
+
+
+def test_model_whose_outputs_are_missing_is_refused(tmp_path):
+    model, _, _ = linear_model(tmp_path)
+    model.graph.output.append(helper.make_tensor_value_info("ghost", TensorProto.FLOAT, None))
+    path = save(model, str(tmp_path / "ghost.onnx"))
+    with pytest.raises(GradscoreError, match=r"graph output\(s\) 'ghost' are produced by no "
+                                             r"node"):
+        extract(path, _data(tmp_path), str(tmp_path / "e.h5"), logits_output="z")
+    res = CliRunner().invoke(cli, ["extract", path, _data(tmp_path), "-o",
+                                   str(tmp_path / "e.h5"), "--logits-output", "z"])
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and "ghost" in res.output

@@ -5,10 +5,19 @@ each dataset is read a single time. Files are opened read-only and treated
 as untrusted: external links, soft links, virtual datasets and external raw
 storage are refused, since h5py would silently follow them (a virtual
 dataset whose source file is missing reads back as fill values, no error).
+
+Before any bulk data is read, two more checks run on what the file declares:
+storage that was never written (chunks missing from the chunk index, or
+contiguous storage never allocated) is refused, because HDF5 would read it
+back as the fill value; and the memory the run needs to hold the arrays is
+compared with the memory it may use, so a few-KB file that declares 10^10
+rows gets an error, not a ``MemoryError``.
 """
 
 from dataclasses import dataclass, field
+import math
 import os
+import re
 
 import h5py
 import numpy as np
@@ -48,6 +57,12 @@ class Epoch:
     id_kind: str = None
 
 
+#: What h5py raises on a damaged file, besides OSError (KeyError for an
+#: unreadable link, ValueError/TypeError for a damaged datatype or dataspace).
+_CORRUPT = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError,
+            OverflowError, UnicodeDecodeError, SystemError)
+
+
 class _Source:
     """One opened, structurally checked file (no bulk data read yet)."""
 
@@ -57,12 +72,21 @@ class _Source:
             raise GradscoreError(f"{self.path}: no such file")
         try:
             self.f = h5py.File(self.path, "r")
-        except OSError as exc:
+        except _CORRUPT as exc:
             raise GradscoreError(
                 f"{self.path}: not a readable HDF5 file (truncated, or another "
                 f"format): {exc}") from None
         try:
             self._check_structure()
+        except GradscoreError:
+            self.f.close()
+            raise
+        except _CORRUPT as exc:
+            # A damaged object header, attribute or link table surfaces from
+            # h5py as any of these; the file is what is wrong, not the code.
+            self.f.close()
+            raise GradscoreError(f"{self.path}: not a readable export (its HDF5 structure "
+                                 f"is damaged: {type(exc).__name__}: {exc})") from None
         except BaseException:
             self.f.close()
             raise
@@ -127,7 +151,15 @@ class _Source:
         else:
             self.id_kind = None
         self._resolve_shapes()
-        self.epoch = self.f.attrs.get(S.ATTR_EPOCH)
+        try:
+            self.epoch = self.f.attrs.get(S.ATTR_EPOCH)
+        except (OSError, RuntimeError, TypeError, ValueError) as exc:
+            raise self.err(None, f"attribute 'epoch' could not be read: {exc}") from None
+        if self.epoch is not None:
+            e = np.asarray(self.epoch)
+            if e.ndim != 0 or e.dtype.kind not in "iu":
+                raise self.err(None, f"attribute 'epoch' must be one integer; got "
+                               f"{self.epoch!r}")
 
     def _resolve_shapes(self):
         ds = self.ds
@@ -152,7 +184,11 @@ class _Source:
                 raise self.err(S.WEIGHT, f"has {w.shape[1]} columns but 'features' has "
                                f"{ds[S.FEATURES].shape[1]}")
         if attr_c is not None:
-            c_sources.append(("attribute 'num_classes'", int(attr_c)))
+            a = np.asarray(attr_c)
+            if a.ndim != 0 or a.dtype.kind not in "iu":
+                raise self.err(None, f"attribute 'num_classes' must be one integer; got "
+                               f"{attr_c!r}")
+            c_sources.append(("attribute 'num_classes'", int(a)))
         values = {c for _, c in c_sources}
         if len(values) != 1:
             listed = ", ".join(f"{w} = {c}" for w, c in c_sources)
@@ -165,11 +201,241 @@ class _Source:
     def read(self, name, sl=slice(None)):
         try:
             return self.ds[name][sl]
-        except (OSError, RuntimeError) as exc:
-            raise self.err(name, f"could not be read (file truncated or corrupt?): {exc}") from None
+        except GradscoreError:
+            raise
+        except _CORRUPT as exc:
+            raise self.err(name, f"could not be read (file truncated or corrupt?): "
+                           f"{type(exc).__name__}: {exc}") from None
 
     def close(self):
         self.f.close()
+
+
+# ------------------------------------------------------- pre-read checks
+
+#: Bytes of one id held in memory: int64, or a Python str object (an
+#: estimate: CPython's str header is 49 bytes, plus the text and a pointer).
+_ID_BYTES = {"int": 8, "str": 96, None: 8}
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30, "tib": 2**40}
+
+
+def parse_memory(value, *, name="max_memory"):
+    """Bytes from an int or a string such as ``'512M'``, ``'4GiB'``, ``'2.5G'``.
+
+    Decimal units (k, M, G, T, with or without B) are powers of 1000,
+    binary ones (KiB, MiB, GiB, TiB) powers of 1024.
+
+    Examples
+    --------
+    >>> parse_memory("4GiB"), parse_memory("1.5k"), parse_memory(100)
+    (4294967296, 1500, 100)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise GradscoreError(f"'{name}' must be a number of bytes or a size like '4G'; "
+                             f"got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        n = int(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
+        unit = m.group(2).lower() if m else None
+        if not m or unit not in _UNITS:
+            raise GradscoreError(f"'{name}' must be a number of bytes or a size like '4G', "
+                                 f"'512MiB'; got {value!r}")
+        n = int(float(m.group(1)) * _UNITS[unit])
+    if n < 1:
+        raise GradscoreError(f"'{name}' must be at least 1 byte; got {value!r}")
+    return n
+
+
+def available_memory():
+    """Memory this process may still take, in bytes: ``MemAvailable`` from
+    /proc/meminfo (Linux), capped by a cgroup limit when one is set; else
+    the free physical pages; None when the platform tells nothing."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as fh:
+                raw = fh.read().strip()
+            with open(usage_file) as fh:
+                used = int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        if raw.isdigit() and int(raw) < 2**60:
+            avail = min(avail, max(0, int(raw) - used))
+        break
+    return avail
+
+
+def _fmt_bytes(n):
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
+def _expected_chunks(dset):
+    return math.prod(-(-n // c) for n, c in zip(dset.shape, dset.chunks))
+
+
+def _allocated_chunk_offsets(dset):
+    """Logical offsets of the chunks present in the chunk index."""
+    offsets = []
+    dsid = dset.id
+    if hasattr(dsid, "chunk_iter"):
+        try:
+            dsid.chunk_iter(lambda info: offsets.append(info.chunk_offset))
+            return offsets
+        except (AttributeError, NotImplementedError):  # HDF5 older than 1.12.3
+            offsets.clear()
+    for i in range(dsid.get_num_chunks()):
+        offsets.append(dsid.get_chunk_info(i).chunk_offset)
+    return offsets
+
+
+def _first_missing_rows(dset):
+    """``(start, stop, n_missing_rows)``: the first run of rows some chunk of
+    which is not allocated, and how many rows lack a chunk in all."""
+    n, rows = dset.shape[0], dset.chunks[0]
+    per_row_block = math.prod(-(-n_ // c) for n_, c in zip(dset.shape[1:], dset.chunks[1:]))
+    n_blocks = -(-n // rows)
+    have = np.zeros(n_blocks, dtype=np.int64)
+    for off in _allocated_chunk_offsets(dset):
+        b = off[0] // rows
+        if 0 <= b < n_blocks:
+            have[b] += 1
+    missing = np.flatnonzero(have < per_row_block)
+    if not missing.size:
+        return None
+    first = int(missing[0])
+    last = first
+    while last + 1 < n_blocks and have[last + 1] < per_row_block:
+        last += 1
+    stop = min(n, (last + 1) * rows)
+    n_missing = int(sum(min(n, (b + 1) * rows) - b * rows for b in missing.tolist()))
+    return first * rows, stop, n_missing
+
+
+def _check_allocated(dset, path):
+    """Refuse a dataset part of whose storage was never written.
+
+    HDF5 reads unwritten chunks (and never-allocated contiguous storage) as
+    the fill value without an error, so a writer that died halfway leaves a
+    file whose missing rows read as zeros. The chunk index says exactly
+    which chunks exist; nothing of the data is read here.
+    """
+    name = dset.name.lstrip("/")
+    if dset.size == 0:
+        return
+    try:
+        layout = dset.id.get_create_plist().get_layout()
+        if layout == h5py.h5d.CHUNKED:
+            expected = _expected_chunks(dset)
+            have = dset.id.get_num_chunks()
+            if have >= expected:
+                return
+            miss = _first_missing_rows(dset)
+            where = ""
+            if miss is not None:
+                start, stop, n_missing = miss
+                where = (f"; rows {start}..{stop - 1} (and {n_missing} rows in all) were "
+                         "never written")
+            raise GradscoreError(
+                f"{path}: dataset '{name}' has {have} of its {expected} chunks written"
+                f"{where}. HDF5 would read them back as the fill value; the export is "
+                "incomplete (did its writer die?), refused")
+        if layout == h5py.h5d.CONTIGUOUS and dset.id.get_storage_size() == 0:
+            raise GradscoreError(
+                f"{path}: dataset '{name}' was created but never written (no storage "
+                f"allocated for its {dset.shape[0]} rows); HDF5 would read it back as the "
+                "fill value; refused")
+    except GradscoreError:
+        raise
+    except _CORRUPT as exc:
+        raise GradscoreError(f"{path}: dataset '{name}': its storage index could not be "
+                             f"read (file truncated or corrupt?): {exc}") from None
+
+
+def _chunk_bytes(dset):
+    if dset.chunks is None:
+        return 0
+    return math.prod(dset.chunks) * dset.dtype.itemsize
+
+
+def _needed_bytes(sources, *, keep_features, block_rows):
+    """Per dataset, the bytes the reader will hold in memory at its peak.
+
+    Output arrays (int64 labels and ids, float32 logits and features) plus
+    the sort order and one row of every other dataset read in blocks, plus
+    the largest chunk HDF5 decompresses at once.
+    """
+    first = sources[0]
+    total = sum(s.n for s in sources)
+    c, d = first.num_classes, first.n_features
+    parts = {S.LABELS: 2 * 8 * total,  # the file's integers, then int64
+             S.LOGITS: 4 * c * total}
+    if first.id_kind is not None:
+        parts[S.IDS] = (_ID_BYTES[first.id_kind] + 8) * total  # ids + sort order
+    else:
+        parts[S.IDS] = 2 * 8 * total  # default ids + sort order
+    if keep_features and d is not None:
+        parts[S.FEATURES] = 4 * d * total
+    block = min(block_rows, max(s.n for s in sources))
+    computed = any(S.LOGITS not in s.ds for s in sources)
+    widest = max(c, d if (keep_features or computed) and d else 0)
+    temp = 2 * 8 * block * widest  # a block as read, and its check's temporaries
+    temp += max(_chunk_bytes(ds) for s in sources for ds in s.ds.values())
+    for s in sources:
+        if S.WEIGHT in s.ds:
+            temp += 8 * (s.ds[S.WEIGHT].size + s.ds[S.BIAS].size)
+            break
+    parts["(block buffers)"] = temp
+    return parts
+
+
+def _check_size(sources, *, keep_features, block_rows, max_memory):
+    """Refuse, before allocating anything, a read that will not fit.
+
+    The limit is ``max_memory`` when given, else the memory the machine has
+    available now (:func:`available_memory`).
+    """
+    parts = _needed_bytes(sources, keep_features=keep_features, block_rows=block_rows)
+    need = sum(parts.values())
+    if max_memory is not None:
+        limit, what = max_memory, "the --max-memory / max_memory limit"
+    else:
+        limit, what = available_memory(), "the memory available on this machine"
+    if limit is None or need <= limit:
+        return
+    name, biggest = max(((k, v) for k, v in parts.items() if k in S.DATASETS),
+                        key=lambda kv: kv[1])
+    rows = sum(s.n for s in sources)
+    files = sources[0].path if len(sources) == 1 else \
+        f"{len(sources)} files ({sources[0].path}, ...)"
+    listed = ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in parts.items())
+    raise GradscoreError(
+        f"{files}: dataset '{name}' declares {rows} rows; reading the export needs "
+        f"{_fmt_bytes(need)} ({listed}) but {what} is {_fmt_bytes(limit)}; refused "
+        "before allocating (give a larger --max-memory if the machine really has it)")
 
 
 def _read_ids(src):
@@ -179,13 +445,27 @@ def _read_ids(src):
     if src.id_kind == "int":
         return raw.astype(np.int64)
     try:
-        return np.array([v.decode("utf-8") if isinstance(v, bytes) else v
-                         for v in raw.tolist()], dtype=object)
+        ids = np.array([v.decode("utf-8") if isinstance(v, bytes) else v
+                        for v in raw.tolist()], dtype=object)
     except UnicodeDecodeError:
         raise src.err(S.IDS, "holds strings that are not UTF-8") from None
+    try:
+        want = src.ds[S.IDS].attrs.get(S.ATTR_IDS_SHA256)
+    except _CORRUPT as exc:
+        raise src.err(S.IDS, f"attribute '{S.ATTR_IDS_SHA256}' could not be read: "
+                      f"{exc}") from None
+    if want is not None:
+        want = want.decode("ascii", "replace") if isinstance(want, bytes) else str(want)
+        got = S.ids_digest(ids.tolist()).hexdigest()
+        if got != want:
+            raise src.err(S.IDS, f"does not match its attribute '{S.ATTR_IDS_SHA256}' "
+                          f"(stored {want[:16]}..., computed {got[:16]}...): the strings "
+                          "were changed after writing or the file is corrupt")
+    return ids
 
 
-def read_epoch(paths, *, need_features=True, block_rows=S.BLOCK_ROWS):
+def read_epoch(paths, *, need_features=True, block_rows=S.BLOCK_ROWS, deep=False,
+               max_memory=None):
     """Read, validate and join one epoch's export file(s).
 
     Parameters
@@ -193,10 +473,19 @@ def read_epoch(paths, *, need_features=True, block_rows=S.BLOCK_ROWS):
     paths : str or path-like, or list of them
         One file, or the shards of one epoch (rows are joined and sorted by id).
     need_features : bool, default=True
-        Keep ``features`` in memory. When False they are still checked
-        (finite, right shape) block by block, then let go.
+        Keep ``features`` in memory. When False (and ``deep`` is False) they
+        are checked for shape, dtype and written storage but not read, unless
+        ``logits`` must be computed from them; ``weight`` and ``bias`` are
+        read only then too.
     block_rows : int, default=65536
         Rows per streamed block.
+    deep : bool, default=False
+        Read and check every value of every dataset (finite ``features``,
+        ``weight`` and ``bias`` too), whether the run uses it or not.
+    max_memory : int or str, default=None
+        Bytes the read may hold (``'4G'``, ``'512MiB'`` or an int). Default:
+        the memory available on the machine. An export that needs more is
+        refused before anything is allocated.
 
     Returns
     -------
@@ -205,7 +494,10 @@ def read_epoch(paths, *, need_features=True, block_rows=S.BLOCK_ROWS):
     Raises
     ------
     GradscoreError
-        Naming the file, dataset, rule and first offending rows.
+        Naming the file, dataset, rule and first offending rows; also for
+        storage never written (the first missing rows) and for an export
+        larger than ``max_memory`` (declared rows, bytes needed, bytes
+        available).
 
     Examples
     --------
@@ -217,11 +509,13 @@ def read_epoch(paths, *, need_features=True, block_rows=S.BLOCK_ROWS):
     paths = list(paths)
     if not paths:
         raise GradscoreError("no input files given")
+    max_memory = parse_memory(max_memory)
     sources = []
     try:
         for p in paths:
             sources.append(_Source(p))
-        return _read_sources(sources, need_features, block_rows)
+        return _read_sources(sources, need_features, block_rows, deep=deep,
+                             max_memory=max_memory)
     finally:
         for s in sources:
             s.close()
@@ -246,14 +540,19 @@ def _check_shards_agree(sources):
             "ids to be joined (default ids 0..N-1 would repeat across shards)")
 
 
-def _read_sources(sources, need_features, block_rows):
+def _read_sources(sources, need_features, block_rows, *, deep=False, max_memory=None):
     _check_shards_agree(sources)
     first = sources[0]
     c, d = first.num_classes, first.n_features
     total = sum(s.n for s in sources)
+    keep_f = need_features and d is not None
+    # What the files declare is checked before anything is allocated or read.
+    _check_size(sources, keep_features=keep_f, block_rows=block_rows, max_memory=max_memory)
+    for src in sources:
+        for dset in src.ds.values():
+            _check_allocated(dset, src.path)
     labels = np.empty(total, dtype=np.int64)
     logits = np.empty((total, c), dtype=np.float32)
-    keep_f = need_features and d is not None
     features = np.empty((total, d), dtype=np.float32) if keep_f else None
     ids_parts = []
     offset = 0
@@ -264,7 +563,11 @@ def _read_sources(sources, need_features, block_rows):
             raise src.err(S.LABELS, f"must be in [0, {c}); {format_rows(bad)} are not "
                           f"(first value: {lab[bad[0]]})")
         labels[offset:offset + src.n] = lab
-        if S.WEIGHT in src.ds:
+        computed = S.LOGITS not in src.ds
+        # Unused datasets are not read (their shape and dtype were checked):
+        # features of a logits-gradient run are most of the file.
+        read_f = S.FEATURES in src.ds and (keep_f or deep or computed)
+        if S.WEIGHT in src.ds and (computed or deep):
             w = src.read(S.WEIGHT).astype(np.float64)
             b = src.read(S.BIAS).astype(np.float64)
             check_finite(w, f"{src.path}: dataset 'weight'")
@@ -273,7 +576,7 @@ def _read_sources(sources, need_features, block_rows):
             stop = min(src.n, start + block_rows)
             out = slice(offset + start, offset + stop)
             feat = None
-            if S.FEATURES in src.ds:
+            if read_f:
                 feat = src.read(S.FEATURES, slice(start, stop))
                 check_finite(feat, f"{src.path}: dataset 'features'", row_offset=start)
                 if keep_f:
@@ -337,8 +640,18 @@ def _raise_duplicates(sources, order, dup, sorted_ids):
         f"first: id {first_dup!r} at {where(a)} and {where(b)}")
 
 
-def describe(paths):
+def describe(paths, *, deep=False, max_memory=None):
     """Validate the files and summarise what they hold, without scoring.
+
+    Parameters
+    ----------
+    paths : str or path-like, or list of them
+    deep : bool, default=False
+        Also read and check every value of the datasets a logits-gradient
+        run does not use (``features``, ``weight``, ``bias``); by default
+        they are checked for shape, dtype and written storage only.
+    max_memory : int or str, default=None
+        See :func:`read_epoch`.
 
     Returns
     -------
@@ -348,7 +661,7 @@ def describe(paths):
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    epoch = read_epoch(paths, need_features=False)
+    epoch = read_epoch(paths, need_features=False, deep=deep, max_memory=max_memory)
     return {
         "files": epoch.sources,
         "n": int(epoch.labels.size),
@@ -358,4 +671,5 @@ def describe(paths):
         "id_kind": epoch.id_kind or "default (0..N-1)",
         "class_sizes": np.bincount(epoch.labels, minlength=epoch.num_classes).tolist(),
         "epoch": None if epoch.epoch is None else int(epoch.epoch),
+        "deep": bool(deep),
     }

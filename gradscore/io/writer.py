@@ -71,7 +71,11 @@ class EpochWriter:
     def _create(self):
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
-        self._f = h5py.File(self._tmp, "w")
+        # The 1.10 file format checksums its superblock, object headers and
+        # chunk indexes, and Fletcher-32 checksums every chunk: a flipped
+        # byte anywhere that holds data or structure is a read error, not
+        # silently different data (see docs/reliability.md).
+        self._f = h5py.File(self._tmp, "w", libver=("v110", "latest"))
         self._f.attrs[S.ATTR_SCHEMA] = S.SCHEMA_VERSION
         self._f.attrs[S.ATTR_NUM_CLASSES] = self.num_classes
         if self.epoch is not None:
@@ -85,7 +89,7 @@ class EpochWriter:
             maxshape = (n_rows,) if cols is None else (n_rows, cols)
             chunks = (chunk,) if cols is None else (chunk, cols)
             return self._f.create_dataset(name, shape=shape, maxshape=maxshape,
-                                          dtype=dt, chunks=chunks)
+                                          dtype=dt, chunks=chunks, fletcher32=True)
 
         self._d = {S.LABELS: make(S.LABELS, None, np.int64),
                    S.LOGITS: make(S.LOGITS, self.num_classes, self.dtype)}
@@ -93,9 +97,13 @@ class EpochWriter:
             self._d[S.FEATURES] = make(S.FEATURES, int(self.n_features), self.dtype)
         if self.id_kind == "int":
             self._d[S.IDS] = make(S.IDS, None, np.int64)
-        elif self.id_kind == "str":
-            self._d[S.IDS] = make(S.IDS, None, h5py.string_dtype("utf-8"))
+        # Str ids are kept (the writer holds them anyway, to refuse repeats)
+        # and written at close as fixed-length UTF-8: variable-length strings
+        # live in a heap that no checksum covers, and a damaged heap can make
+        # HDF5 loop for ever (found by benchmarks/fuzz_reader.py).
+        self._str_ids = [] if self.id_kind == "str" else None
         self._seen_ids = set() if self.id_kind else None
+        self._ids_hash = S.ids_digest([]) if self.id_kind == "str" else None
 
     def _create_from(self, logits, features, ids):
         logits = np.asarray(logits)
@@ -153,7 +161,17 @@ class EpochWriter:
             if repeated:
                 raise GradscoreError(f"{at}: ids repeat ids of earlier batches in "
                                      f"{format_rows(repeated)} (first: {ids[repeated[0]]!r})")
+            if self._str_ids is not None:
+                bad = [i for i, v in enumerate(ids.tolist()) if "\0" in v]
+                if bad:
+                    raise GradscoreError(f"{at}: ids hold a NUL character in "
+                                         f"{format_rows(bad)}; str ids may not")
             self._seen_ids.update(ids.tolist())
+            if self._ids_hash is not None:
+                S.ids_digest(ids.tolist(), self._ids_hash)
+            if self._str_ids is not None:
+                self._str_ids.extend(v.encode("utf-8") for v in ids.tolist())
+                ids = None
         stop = self.n + m
         if self.n_rows is not None and stop > self.n_rows:
             raise GradscoreError(f"{at}: {m} rows would make {stop}, more than the "
@@ -184,6 +202,13 @@ class EpochWriter:
         except GradscoreError as exc:
             self.abort(exc)
             raise
+        if self._str_ids is not None:
+            width = max(1, max(len(b) for b in self._str_ids))
+            dt = h5py.string_dtype("utf-8", width)
+            d = self._f.create_dataset(
+                S.IDS, data=np.array(self._str_ids, dtype=dt), dtype=dt,
+                chunks=(max(1, min(self.chunk_rows, self.n)),), fletcher32=True)
+            d.attrs[S.ATTR_IDS_SHA256] = self._ids_hash.hexdigest()
         self._f.close()
         self._f = None
         self._closed = True
@@ -260,5 +285,6 @@ def write_epoch(path, *, labels, logits=None, features=None, ids=None,
                      id_kind=id_kind, epoch=epoch, dtype=dtype) as w:
         w.append(labels, logits, features, ids)
         if weight is not None:
-            w._f.create_dataset(S.WEIGHT, data=np.asarray(weight, dtype=dtype))
-            w._f.create_dataset(S.BIAS, data=np.asarray(bias, dtype=dtype))
+            w._f.create_dataset(S.WEIGHT, data=np.asarray(weight, dtype=dtype),
+                                fletcher32=True)
+            w._f.create_dataset(S.BIAS, data=np.asarray(bias, dtype=dtype), fletcher32=True)

@@ -8,12 +8,21 @@ A model file is treated as untrusted. :func:`load_model` refuses
   any file the user can;
 - operators from domains other than the standard ones and the model's own
   local functions: custom operators need a native library, and gradscore
-  never loads one.
+  never loads one;
+- ``Loop`` nodes, whose trip count and condition the model itself sets (a
+  run could go on for ever);
+- graph outputs that no node, input or initializer produces;
+- tensors (initializers, constants, and intermediate tensors whose shape
+  shape inference can tell, counting each symbolic dimension as 1) that
+  declare more than ``max_tensor_bytes``, and initializers whose data does
+  not match their declared shape, so that a few-KB model cannot make
+  onnxruntime allocate gigabytes.
 
 The user's file is never changed: extra outputs are added to the in-memory
 copy only.
 """
 
+import math
 import os
 
 import numpy as np
@@ -27,6 +36,13 @@ STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 #: Nodes that pass a tensor through unchanged, looked through when tracing
 #: the logits back to the final linear layer.
 _PASS_THROUGH = ("Identity",)
+
+#: Largest tensor an untrusted model may declare (bytes): initializers,
+#: constants, and intermediate tensors for one example.
+MAX_TENSOR_BYTES = 2**31
+
+#: Control-flow operators refused in untrusted models (unbounded iteration).
+REFUSED_OPS = ("Loop",)
 
 #: Protobuf refuses messages above 2 GiB; models with more external data
 #: cannot be handed to onnxruntime from memory.
@@ -99,12 +115,118 @@ def _check_domains(model, path):
             f"{', '.join(repr(d) for d in STANDARD_DOMAINS)} and the model's local functions")
 
 
-def load_model(path):
+def _check_ops(model, path):
+    graphs = [model.graph] + list(_subgraphs(model.graph))
+    nodes = [n for g in graphs for n in g.node] + [n for f in model.functions for n in f.node]
+    bad = [n for n in nodes if n.domain in STANDARD_DOMAINS and n.op_type in REFUSED_OPS]
+    if bad:
+        raise GradscoreError(
+            f"{path}: {len(bad)} {bad[0].op_type} node(s) (first: {bad[0].name!r}); "
+            f"{', '.join(REFUSED_OPS)} nodes are refused for untrusted models: the model "
+            "sets their trip count and condition, so a run could go on for ever")
+
+
+def _check_outputs(model, path):
+    g = model.graph
+    made = {o for n in g.node for o in n.output if o} | {v.name for v in g.input} | \
+        {t.name for t in g.initializer}
+    missing = [o.name for o in g.output if o.name not in made]
+    if missing:
+        raise GradscoreError(
+            f"{path}: graph output(s) {', '.join(repr(m) for m in missing[:10])} are produced "
+            "by no node, input or initializer; the model is incomplete")
+
+
+def _itemsize(onnx, data_type):
+    if data_type == onnx.TensorProto.STRING:
+        return None
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+    except Exception:  # an unknown or undefined element type
+        return None
+
+
+def _fmt_bytes(n):
+    return f"{n / 2**30:.1f} GiB ({n} bytes)" if n >= 2**30 else f"{n} bytes"
+
+
+def _check_tensor_sizes(model, path, limit):
+    """Declared sizes of stored tensors: within ``limit`` and matching their data."""
+    onnx = import_onnx()
+    for t in _tensors(model):
+        where = f"{path}: tensor '{t.name}' declares shape {tuple(t.dims)}"
+        if any(d < 0 for d in t.dims):
+            raise GradscoreError(f"{where}, with a negative dimension; refused")
+        count = math.prod(t.dims)
+        size = _itemsize(onnx, t.data_type)
+        if size is None:
+            continue
+        declared = count * size
+        if declared > limit:
+            raise GradscoreError(f"{where} = {_fmt_bytes(declared)}, more than the "
+                                 f"{_fmt_bytes(limit)} an untrusted model may declare; refused")
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in t.external_data}
+            length = info.get("length")
+            if length is not None and int(length) != declared:
+                raise GradscoreError(f"{where} = {declared} bytes but its external data "
+                                     f"is {length} bytes long; refused")
+            continue
+        if t.HasField("raw_data"):
+            have = len(t.raw_data)
+            ok = have == declared
+        else:
+            try:
+                onnx.numpy_helper.to_array(t)
+                ok = True
+            except Exception:  # a typed field whose length does not match
+                ok = False
+            have = "a different number of"
+        if not ok:
+            raise GradscoreError(f"{where} = {declared} bytes but holds {have} bytes of "
+                                 "data; refused")
+
+
+def _check_intermediates(model, path, limit):
+    """Shapes shape inference can tell (symbolic dimensions as 1): within ``limit``."""
+    onnx = import_onnx()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # best effort: models shape inference cannot follow still run
+        return
+    g = inferred.graph
+    producer = {o: n for n in g.node for o in n.output}
+    for v in list(g.value_info) + list(g.output):
+        tt = v.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        size = _itemsize(onnx, tt.elem_type)
+        if size is None:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
+        if any(d < 0 for d in dims):
+            continue
+        nbytes = math.prod(dims) * size
+        if nbytes > limit:
+            node = producer.get(v.name)
+            made = f" (output of a {node.op_type} node {node.name!r})" if node else ""
+            shown = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                          for d in tt.shape.dim)
+            raise GradscoreError(
+                f"{path}: tensor '{v.name}'{made} would have shape {shown} = "
+                f"{_fmt_bytes(nbytes)} for one example, more than the {_fmt_bytes(limit)} an "
+                "untrusted model may use; refused")
+
+
+def load_model(path, *, max_tensor_bytes=MAX_TENSOR_BYTES):
     """Read an ONNX model, refusing what an untrusted file must not do.
 
     Parameters
     ----------
     path : str or path-like
+    max_tensor_bytes : int, default=2**31
+        Largest tensor the model may declare: initializers, constants and
+        intermediate tensors for one example.
 
     Returns
     -------
@@ -115,7 +237,8 @@ def load_model(path):
     ------
     GradscoreError
         File missing, not ONNX, external data outside the model's folder,
-        or custom operators.
+        custom operators, Loop nodes, missing outputs, or tensors larger
+        than ``max_tensor_bytes`` (or whose data does not match their shape).
     """
     onnx = import_onnx()
     path = os.fspath(path)
@@ -131,6 +254,10 @@ def load_model(path):
         raise GradscoreError(f"{path}: not an ONNX model (no graph with nodes and outputs; "
                              f"ir_version={model.ir_version})")
     _check_domains(model, path)
+    _check_ops(model, path)
+    _check_outputs(model, path)
+    _check_tensor_sizes(model, path, max_tensor_bytes)
+    _check_intermediates(model, path, max_tensor_bytes)
     external = _check_external_data(model, path)
     if external:
         if external + model.ByteSize() > _MAX_PROTO_BYTES:
