@@ -206,6 +206,8 @@ def inspect(files, as_json):
 
 from .onnx_commands import register as _register_onnx  # noqa: E402
 _register_onnx(main)
+from .report_commands import register as _register_report  # noqa: E402
+_register_report(main)
 
 if __name__ == "__main__":
     main()
