@@ -356,9 +356,8 @@ def _score_plot(scored):
                      fontsize=9)
         ax.tick_params(labelsize=7)
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside upper right", fontsize=8, ncols=2)
-    fig.suptitle("Density score of the scored examples at each scored epoch "
-                 "(higher = more typical)", fontsize=10)
+    fig.legend(handles, names, loc="outside lower center", fontsize=8, ncols=2)
+    fig.supxlabel("density score (higher = more typical)", fontsize=9)
     return _png(fig)
 
 
