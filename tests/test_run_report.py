@@ -100,8 +100,9 @@ def test_report_agrees_with_the_schedule_files(tmp_path):
     # One table row per scored epoch, with the schedule's own counts.
     assert len(page.epoch_rows) == 3
     for cells, h in zip(page.epoch_rows, schedule.history):
-        assert cells[0] == str(h["epoch"]) and cells[3] == str(h["dropped"])
-        assert cells[4] == str(h["kept"]) and cells[-1] == "agrees"
+        assert cells[0] == str(h["epoch"]) and cells[3] == str(h["flagged"])
+        assert cells[4] == str(h["dropped"]) and cells[5] == str(h["kept"])
+        assert cells[-1] == "agrees"
     # Each dropped id is listed once, at the epoch it left the keep-lists.
     keeps = {e: set(gradscore.read_keeplist(str(tmp_path / f"epoch_{e:03d}.keep.txt")))
              for e in (2, 4, 6)}
@@ -120,6 +121,21 @@ def test_report_context_per_class_sums(tmp_path):
     assert [c["n"] for c in ctx["per_class"]] == np.bincount(y, minlength=10).tolist()
     assert ctx["not_reproduced"] == [] and ctx["n_dropped"] == len(ids) - len(
         schedule.keep_ids)
+
+
+def test_report_shows_where_the_total_cap_bit(tmp_path):
+    schedule, ids, y = make_run(str(tmp_path), max_total_drop_fraction=0.04)
+    capped = [h["total_cap_hit_classes"] for h in schedule.history]
+    assert any(capped)  # the 4% cap over all scorings bit somewhere
+    _, ctx = write_run_report(str(tmp_path))
+    assert [r["total_cap"] for r in ctx["epochs"]] == capped
+    # A class never loses more than the cap allows, over all scorings.
+    for c in ctx["per_class"]:
+        assert c["cumulative"][-1] <= int(0.04 * c["n"])
+    html = open(tmp_path / "run-report.html", encoding="utf-8").read()
+    first = next(i for i, c in enumerate(capped) if c)
+    row = html.split(f'<tr data-epoch="{schedule.history[first]["epoch"]}">')[1].split("</tr>")[0]
+    assert f'<td class="l hit">{", ".join(map(str, capped[first]))}</td>' in row
 
 
 def test_report_without_exports_and_with_hostile_ids(tmp_path):

@@ -212,13 +212,23 @@ def run_context(run_dir, *, state_path=None, rescore=True, max_listed=MAX_LISTED
         n = int(e.get("n", 0))
         before = n if previous_kept is None else previous_kept
         kept = int(e.get("kept", before - int(e.get("dropped", 0))))
-        cap = []
-        if se.result is not None:
-            cap = [c.label for c in se.result.classes if c.cap_hit]
-        rows.append({"epoch": se.epoch, "n": n, "kept_before": before,
+        # Caps and flags: from the state file (gradscore >= the intersect rule
+        # records them), else from the rescoring.
+        res = se.result
+        cap = e.get("cap_hit_classes")
+        if cap is None:
+            cap = [c.label for c in res.classes if c.cap_hit] if res is not None else []
+        total_cap = e.get("total_cap_hit_classes")
+        if total_cap is None:
+            total_cap = [c.label for c in res.classes
+                         if getattr(c, "total_cap_hit", False)] if res is not None else []
+        flagged = e.get("flagged")
+        if flagged is None and res is not None and hasattr(res, "flagged"):
+            flagged = int(np.sum(res.flagged))
+        rows.append({"epoch": se.epoch, "n": n, "kept_before": before, "flagged": flagged,
                      "dropped": int(e.get("dropped", before - kept)), "kept": kept,
-                     "dropped_total": n - kept, "cap": cap,
-                     "cap_total": e.get("cap_hit") or e.get("total_cap_hit"),
+                     "dropped_total": n - kept, "cap": list(cap),
+                     "total_cap": list(total_cap),
                      "keeplist": os.path.basename(se.keeplist) if se.keeplist else None,
                      "exports": [os.path.basename(p) for p in se.exports],
                      "reproduced": se.reproduced})
@@ -349,14 +359,16 @@ def _score_plot(scored):
             ax.set_visible(False)
             continue
         bins = np.histogram_bin_edges(s[ok], bins=30)
-        ax.hist([s[ok & (dec == "kept")], s[ok & (dec == "dropped")]], bins=bins,
-                stacked=True, color=["#5b8def", "#c0392b"], label=["kept", "dropped now"])
+        ax.hist([s[ok & (dec == "kept")], s[ok & (dec == "dropped")],
+                 s[ok & (dec == "dropped-before")]], bins=bins, stacked=True,
+                color=["#5b8def", "#c0392b", "#aaaaaa"],
+                label=["kept", "dropped now", "dropped before"])
         n_now = int(np.sum(dec == "dropped"))
         ax.set_title(f"epoch {se.epoch}: {n_now} dropped of {int(ok.sum())} scored",
                      fontsize=9)
         ax.tick_params(labelsize=7)
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", fontsize=8, ncols=2)
+    fig.legend(handles, names, loc="outside lower center", fontsize=8, ncols=3)
     fig.supxlabel("density score (higher = more typical)", fontsize=9)
     return _png(fig)
 
