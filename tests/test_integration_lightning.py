@@ -121,6 +121,11 @@ def test_ddp_two_cpu_processes(tmp_path):
     # Each rank exported its own shard, together every example once.
     shards = [str(tmp_path / f"epoch_002.rank{r}.h5") for r in (0, 1)]
     assert [gradscore.describe(s)["n"] for s in shards] == [300, 300]
+    # The run report finds the shards and scoring them again gives the keep-list.
+    from gradscore.report.run import write_run_report
+    _, ctx = write_run_report(str(tmp_path))
+    assert ctx["epochs"][0]["exports"] == ["epoch_002.rank0.h5", "epoch_002.rank1.h5"]
+    assert ctx["epochs"][0]["reproduced"] is True
     for epoch, allowed in (("1", list(range(600))), ("2", list(range(600))),
                            ("3", keep.tolist())):
         a, b = ranks[0]["seen"][epoch], ranks[1]["seen"][epoch]
@@ -130,3 +135,18 @@ def test_ddp_two_cpu_processes(tmp_path):
         assert len(a) == len(b) == half
         assert sorted(set(a) | set(b)) == allowed
         assert len(set(a) & set(b)) == 2 * half - len(allowed)
+
+
+def test_ddp_needs_use_distributed_sampler_false(tmp_path):
+    # A DDP Trainer reports world_size 2 before it launches anything.
+    callback = GradscoreCallback(digits_set(20), str(tmp_path),
+                                 schedule=DropSchedule(warmup=1, freq=1))
+    t = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, logger=False,
+                   enable_progress_bar=False, enable_model_summary=False)
+    assert t.world_size == 2
+    with pytest.raises(GradscoreError, match="use_distributed_sampler=False"):
+        callback.setup(t, None, "fit")
+    t = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, logger=False,
+                   use_distributed_sampler=False, enable_progress_bar=False,
+                   enable_model_summary=False)
+    callback.setup(t, None, "fit")  # accepted

@@ -113,10 +113,12 @@ def _exports_for(keeplist):
             break
     if os.path.isfile(stem + ".h5"):
         return [stem + ".h5"]
-    shards = sorted(glob.glob(glob.escape(stem) + ".rank*.h5"),
-                    key=lambda p: int(p.rsplit(".rank", 1)[1][:-3] or 0)
-                    if p.rsplit(".rank", 1)[1][:-3].isdigit() else 0)
-    return shards
+    shards = {}
+    for p in glob.glob(glob.escape(stem) + ".rank*.h5"):
+        rank = p[len(stem) + len(".rank"):-len(".h5")]
+        if rank.isdigit():
+            shards[int(rank)] = p
+    return [shards[r] for r in sorted(shards)]
 
 
 def collect_run(run_dir, *, state_path=None, rescore=True):
