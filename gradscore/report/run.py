@@ -370,8 +370,8 @@ def _score_plot(scored):
                      fontsize=9)
         ax.tick_params(labelsize=7)
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", fontsize=8, ncols=3)
-    fig.supxlabel("density score (higher = more typical)", fontsize=9)
+    fig.legend(handles, names, loc="outside right upper", fontsize=8)
+    fig.suptitle("Density score at each scored epoch (higher = more typical)", fontsize=10)
     return _png(fig)
 
 
