@@ -192,3 +192,35 @@ def test_keep_indices_selects_the_kept_rows(tmp_path):
     kept = ds.select(keep_indices(dataset_ids(ds, "id"), keep))
     assert sorted(kept["id"]) == keep.tolist() and 0 < len(kept) < 200
     assert dataset_ids(ds).tolist() == list(range(200))
+
+
+def test_trainer_resumes_from_its_checkpoint_and_the_state_file(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    state = str(run / "schedule.json")
+    ds = digits_tokens(300, str_ids=True)
+    args = _args(tmp_path, 2)
+    args.save_strategy = "epoch"
+    schedule = DropSchedule(warmup=1, freq=1, stop=3, state_path=state, fraction=0.2)
+    callback = GradscoreTrainerCallback(ds, str(run), schedule=schedule, id_column="id")
+    transformers.Trainer(model=tiny_bert(), args=args, train_dataset=callback.train_dataset,
+                         callbacks=[callback]).train()
+    keep2 = schedule.keep_ids.copy()
+    assert schedule.done == [1, 2]
+    ckpts = sorted((tmp_path / "trainer").glob("checkpoint-*"),
+                   key=lambda p: int(p.name.split("-")[1]))
+
+    # A new process: the schedule comes back from its state file, the model and
+    # the Trainer's position from the last checkpoint (end of epoch 2).
+    rec = Recording(ds)
+    schedule = DropSchedule(warmup=1, freq=1, stop=3, state_path=state, fraction=0.2)
+    callback = GradscoreTrainerCallback(rec, str(run), schedule=schedule, id_column="id")
+    marks = EpochMarks(rec)
+    args = _args(tmp_path, 3)
+    transformers.Trainer(model=tiny_bert(), args=args, train_dataset=callback.train_dataset,
+                         callbacks=[marks, callback]).train(resume_from_checkpoint=str(ckpts[-1]))
+    assert schedule.done == [1, 2, 3]
+    ids = np.array(ds["id"], dtype=object)
+    assert len(marks.marks) == 1  # only epoch 3 ran
+    assert sorted(ids[rec.log[marks.marks[0]:]].tolist()) == keep2.tolist()
+    assert set(schedule.keep_ids) <= set(keep2)
