@@ -225,6 +225,8 @@ def inspect(files, deep, max_memory, as_json):
 
 from .onnx_commands import register as _register_onnx  # noqa: E402
 _register_onnx(main)
+from .report_commands import register as _register_report  # noqa: E402
+_register_report(main)
 
 if __name__ == "__main__":
     main()

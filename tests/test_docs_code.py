@@ -1,13 +1,18 @@
 """Run every ```python block of the framework pages, so the docs cannot rot.
 
 Blocks of one page run in order in one namespace, in a fresh temporary
-folder. A ``<!-- requires: mod1, mod2 -->`` comment says that the blocks from
+folder, with their source registered in ``linecache`` as a script's would be
+(TensorFlow's AutoGraph reads the source of the functions it converts). A
+warning that a reader running the page as a script would see (anything but
+the deprecation and resource warnings Python hides by default) fails the
+test. A ``<!-- requires: mod1, mod2 -->`` comment says that the blocks from
 there to the end of the page need those modules. When one is missing, the
 rest of the page is left out: the test is skipped if no block ran, else it
 passes with a warning that names what was left out.
 """
 
 import importlib
+import linecache
 import os
 import re
 import warnings
@@ -15,7 +20,17 @@ import warnings
 import pytest
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
-PAGES = ["pytorch.md", "keras.md", "numpy-jax.md"]
+PAGES = ["pytorch.md", "keras.md", "numpy-jax.md", "lightning.md", "huggingface.md"]
+
+# Warnings a page cannot avoid, raised by a library about itself or another
+# library, as (category name, start of message).
+UPSTREAM_WARNINGS = [
+    # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates.
+    ("FutureWarning", "`isinstance(treespec, LeafSpec)` is deprecated"),
+    # Lightning says so on every resume into the folder a ModelCheckpoint
+    # saves to (docs/lightning.md tells the reader).
+    ("UserWarning", "Checkpoint directory "),
+]
 
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _REQUIRES = re.compile(r"<!--\s*requires:\s*([\w.,\s-]+?)\s*-->")
@@ -81,4 +96,15 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
         if "torch" in requires:
             import torch
             torch.set_num_threads(1)  # tiny models; threads only contend
-        exec(compile(code, f"docs/{page}, block at line {line}", "exec"), namespace)
+        name = f"docs/{page}, block at line {line}"
+        linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for hidden in (DeprecationWarning, PendingDeprecationWarning, ResourceWarning):
+                warnings.simplefilter("ignore", hidden)
+            exec(compile(code, name, "exec"), namespace)
+        shown = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})"
+                 for w in caught if not any(
+                     w.category.__name__ == cat and str(w.message).startswith(text)
+                     for cat, text in UPSTREAM_WARNINGS)]
+        assert not shown, f"{name} printed warnings:\n" + "\n".join(shown)

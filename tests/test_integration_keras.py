@@ -5,6 +5,7 @@ input pipeline notes which ids each epoch really trained on.
 """
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -101,8 +102,19 @@ def test_schedule_swaps_the_dataset_in_place_and_resumes(tmp_path, digits):
     kf = KeepFilter()
     train = rec.pipeline(kf.apply(base_dataset(x, y).shuffle(n, seed=0)))
     cb = GradscoreCallback(export_data(x, y), tmp_path, schedule=sched, keep_filter=kf)
-    model.fit(train, epochs=2, verbose=0, callbacks=[rec, cb])
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(train, epochs=2, shuffle=False, verbose=0, callbacks=[rec, cb])
+        warnings.warn("Your input ran out of data (after fit)", UserWarning)
+    # Keras's end-of-epoch warning over the filtered dataset is silenced during
+    # fit() only; nothing else was warned about.
+    assert [str(w.message) for w in caught] == ["Your input ran out of data (after fit)"]
+    assert warnings.filters == filters
     keep1, keep2 = (read_keeplist(p) for p in cb.keeplists)
+    # The filter keeps the pipeline's shuffle: the kept ids come in a new order.
+    kept1 = set(keep1.tolist())
+    assert [i for i in rec.epochs[0] if i in kept1] != rec.epochs[1]
     assert cb.exports == [os.fspath(tmp_path / "epoch_001.h5"),
                           os.fspath(tmp_path / "epoch_002.h5")]
     assert sorted(rec.epochs[0]) == list(range(n))

@@ -8,6 +8,13 @@
     TensorFlow/Keras: ``GradscoreCallback`` (export, score on a
     :class:`~gradscore.schedule.DropSchedule`, swap the training data in
     place), ``KeepFilter`` and ``filter_dataset`` for ``tf.data``.
+``gradscore.integrations.lightning``
+    PyTorch Lightning: ``GradscoreCallback`` (export, score on a
+    ``DropSchedule``, reload the training sampler; DDP and checkpoints).
+``gradscore.integrations.huggingface``
+    Hugging Face: :func:`~gradscore.integrations.huggingface.export_epoch`
+    (the classifier head's features over a ``datasets.Dataset``) and
+    ``GradscoreTrainerCallback`` for ``transformers.Trainer``.
 
 Each submodule imports its framework when it is imported itself; this
 package and ``import gradscore`` need neither. NumPy, JAX and anything else

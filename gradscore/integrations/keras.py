@@ -20,6 +20,7 @@ this module imports TensorFlow and Keras; ``import gradscore`` does not.
 """
 
 import os
+import warnings
 
 import numpy as np
 
@@ -345,6 +346,10 @@ class KeepFilter:
 
 # -- callback -----------------------------------------------------------------
 
+#: Keras 3 warns so at the end of each epoch over a dataset of unknown length.
+_RAN_OUT = "Your input ran out of data"
+
+
 class GradscoreCallback(keras.callbacks.Callback):
     """Export (and score, on a schedule) during ``model.fit``.
 
@@ -366,7 +371,11 @@ class GradscoreCallback(keras.callbacks.Callback):
         (:meth:`~gradscore.schedule.DropSchedule.step_files`), cumulatively.
     keep_filter : KeepFilter, default=None
         With ``schedule``: updated to the running keep-list after every
-        scoring, and at the start of training (a resumed schedule).
+        scoring, and at the start of training (a resumed schedule). While
+        ``fit`` runs, Keras's "Your input ran out of data" warning is
+        silenced: Keras 3 raises it at the end of every epoch over a
+        dataset of unknown length (any ``filter``), although the epoch
+        went over every kept example.
     layer : str or keras.layers.Dense, default=None
         The final layer; default the last ``Dense``.
     filename : str, default="epoch_{epoch:03d}.h5"
@@ -406,8 +415,24 @@ class GradscoreCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._sub = None  # the model may have changed between fit() calls
-        if self.keep_filter is not None and self.schedule.keep_ids is not None:
-            self.keep_filter.update(self.schedule.keep_ids)
+        if self.keep_filter is not None:
+            self._quiet_ran_out()
+            if self.schedule.keep_ids is not None:
+                self.keep_filter.update(self.schedule.keep_ids)
+
+    def on_train_end(self, logs=None):
+        self._loud_again()
+
+    def _quiet_ran_out(self):
+        self._loud_again()
+        self._quiet = warnings.catch_warnings()
+        self._quiet.__enter__()
+        warnings.filterwarnings("ignore", message=_RAN_OUT, category=UserWarning)
+
+    def _loud_again(self):
+        quiet, self._quiet = getattr(self, "_quiet", None), None
+        if quiet is not None:
+            quiet.__exit__(None, None, None)
 
     def export(self, epoch):
         """Export now, as epoch ``epoch``; returns the path."""

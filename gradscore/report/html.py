@@ -2,13 +2,13 @@
 
 Everything the page shows is inside it: CSS inline, plots and thumbnails as
 base64 PNG ``data:`` URIs drawn with matplotlib's Agg canvas (no pyplot, so
-no global backend is touched). No script, no remote resource. Every string
-from the data (ids, paths, tensor names) is HTML-escaped.
+no global backend is touched). No script, no remote resource. The page is
+the Jinja2 template ``templates/audit.html.j2`` rendered with autoescaping,
+so every string from the data (ids, paths, tensor names) is HTML-escaped.
 """
 
 import base64
 from datetime import datetime, timezone
-import html
 import io
 import os
 
@@ -18,38 +18,11 @@ from .._version import __version__
 from ..errors import GradscoreError
 from ..io._atomic import atomic_path
 from ..pipeline import DROPPED
+from ._templates import render
 
 #: Classes drawn in the score-distribution grid; beyond this, those with
 #: most drops.
 MAX_PLOTTED_CLASSES = 20
-
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2em auto;
-max-width:1180px;color:#1d1d1f;padding:0 1em;line-height:1.4}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;
-margin-top:1.6em}h3{margin:1.2em 0 .3em}
-table{border-collapse:collapse;margin:.4em 0;font-size:.9em}
-th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-th{background:#f4f4f6}td.l,th.l{text-align:left}
-.meta td{text-align:left}.muted{color:#666;font-size:.9em}
-.dropped{background:#fde8e8}.badge{display:inline-block;padding:0 .4em;border-radius:3px;
-font-size:.85em}.b-dropped{background:#c0392b;color:#fff}.b-kept{background:#e8f5e9}
-.b-dropped-before{background:#999;color:#fff}
-img.thumb{width:64px;height:64px;image-rendering:pixelated;border:1px solid #ccc;
-display:block;margin:0 auto .2em}
-.exs{display:flex;flex-wrap:wrap;gap:.5em}.ex{border:1px solid #ddd;border-radius:6px;
-padding:.4em;width:7.2em;font-size:.8em;text-align:center;background:#fff}
-.ex.dropped{background:#fde8e8;border-color:#e3a0a0}.exid{font-weight:600;
-overflow-wrap:anywhere}.warn{color:#c0392b;font-weight:600}
-.class-block h3{margin-bottom:.3em}td.hit{background:#fde8e8;font-weight:600}
-img.plot{max-width:100%}
-.cards{display:flex;gap:1em;flex-wrap:wrap}.card{background:#f4f4f6;border-radius:6px;
-padding:.6em 1em;min-width:9em}.card b{display:block;font-size:1.5em}
-"""
-
-
-def _esc(v):
-    return html.escape(str(v), quote=True)
 
 
 def _png(fig):
@@ -259,28 +232,23 @@ def write_report(path, *, result, epoch, model_path=None, data_path=None,
                 xs = read_inputs(data_path, drows)
                 inputs_for = {int(r): x for r, x in zip(wanted, xs)}
     thresholds, meaning = drop_thresholds(result, labels)
-    summary = result.summary()
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-             f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{_esc(title)}</h1>",
-             f"<p class=\"muted\">gradscore {_esc(__version__)}, "
-             f"{_esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}. "
-             "Scores: k-NN density in gradient space, <b>higher = denser = more "
-             "typical</b>; isolated examples (low scores, tiny EPIC clusters) are the "
-             "likely poisons.</p>"]
-    parts.append(_summary_section(result, epoch, summary, model_path, data_path, info))
-    parts.append(_distribution_section(result, labels, thresholds, meaning))
-    parts.append(_suspicious_section(result, epoch, picks, inputs_for, layout, per_class))
-    parts.append(_files_section(path, files))
-    parts.append("</body></html>\n")
+    page = render(
+        "audit.html.j2", title=title, version=__version__,
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **_summary_context(result, epoch, model_path, data_path, info),
+        meaning=meaning, plot=_distribution_plot(result, labels, thresholds, meaning),
+        per_class=per_class,
+        suspicious=_suspicious_context(result, epoch, picks, inputs_for, layout),
+        files=file_links(path, files, FILE_LABELS))
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write("\n".join(parts))
+            fh.write(page)
     return path
 
 
-def _summary_section(result, epoch, summary, model_path, data_path, info):
+def _summary_context(result, epoch, model_path, data_path, info):
     p = result.params
+    summary = result.summary()
     meta = [("model", model_path), ("dataset", data_path),
             ("logits tensor", info.get("logits_output")),
             ("features tensor", info.get("features_output")),
@@ -290,88 +258,52 @@ def _summary_section(result, epoch, summary, model_path, data_path, info):
                        f"fraction={p.get('fraction')}, cluster_threshold="
                        f"{p.get('cluster_threshold')}, max_drop_fraction="
                        f"{p.get('max_drop_fraction')})")]
-    rows = "".join(f"<tr><th class=\"l\">{_esc(k)}</th><td>{_esc(v)}</td></tr>"
-                   for k, v in meta if v is not None)
     cards = [("examples", summary["n"]), ("classes", epoch.num_classes),
              ("features", epoch.n_features if epoch.n_features is not None else "none"),
              ("kept", summary["kept"]), ("dropped", summary["dropped"]),
              ("dropped before", summary["dropped_before"])]
-    card_html = "".join(f"<div class=\"card\">{_esc(k)}<b>{_esc(v)}</b></div>"
-                        for k, v in cards)
-    cls = "".join(
-        f"<tr><td>{c.label}</td><td>{c.n}</td>"
-        f"<td>{c.n_scored}</td><td>{c.dropped}</td><td>{c.k_used}</td>"
-        f"<td class=\"l\">{_esc(c.neighbors)}</td><td class=\"l\">"
-        f"{_esc(c.epic_mode or '')}</td>"
-        + ("<td class=\"hit\">yes</td>" if c.cap_hit else "<td></td>") + "</tr>"
-        for c in result.classes)
-    return (f"<section id=\"summary\"><h2>Dataset summary</h2>"
-            f"<div class=\"cards\">{card_html}</div>"
-            f"<table class=\"meta\">{rows}</table>"
-            "<h3>Per class</h3><table id=\"class-table\"><tr><th>class</th><th>n</th>"
-            "<th>scored</th><th>dropped</th><th>k</th><th class=\"l\">neighbours</th>"
-            f"<th class=\"l\">EPIC mode</th><th>cap hit</th></tr>{cls}</table></section>")
+    return {"meta": [(k, v) for k, v in meta if v is not None], "cards": cards,
+            "classes": result.classes}
 
 
-def _distribution_section(result, labels, thresholds, meaning):
-    uri = _distribution_plot(result, labels, thresholds, meaning)
-    body = (f"<img class=\"plot\" alt=\"score distributions per class\" src=\"{uri}\">"
-            if uri else "<p>No class had two or more scored examples.</p>")
-    return (f"<section id=\"distributions\"><h2>Score distributions</h2>"
-            f"<p class=\"muted\">Histogram of each class's scores, dropped examples in red; "
-            f"dashed line: {_esc(meaning)}.</p>{body}</section>")
-
-
-def _suspicious_section(result, epoch, picks, inputs_for, layout, per_class):
-    out = [f"<section id=\"suspicious\"><h2>Most suspicious examples</h2>"
-           f"<p class=\"muted\">Per class, up to {per_class}: dropped first, then lowest "
-           "score (least typical). Each card: the input, its id, score, EPIC cluster size "
-           "(where EPIC ran), the model's predicted class and the decision.</p>"]
+def _suspicious_context(result, epoch, picks, inputs_for, layout):
     thumbs = layout is not None and bool(inputs_for)
-    warn = ' class="warn"'
+    blocks = []
     for c in result.classes:
         rows = picks[c.label]
         if rows.size == 0:
             continue
-        cards = []
+        examples = []
         for r in rows.tolist():
-            dec = str(result.decision[r])
-            sc = result.scores[r]
-            cs = int(result.cluster_size[r])
-            img = ""
-            if thumbs:
-                img = (f"<img class=\"thumb\" alt=\"input of id {_esc(epoch.ids[r])}\" "
-                       f"src=\"{_thumb(inputs_for[r], layout)}\">")
-            score_text = f"{sc:.4f}" if np.isfinite(sc) else "unscored"
+            sc = float(result.scores[r])
             pred = int(np.argmax(epoch.logits[r]))
-            cards.append(
-                f"<div class=\"ex {_esc(dec)}\" data-id=\"{_esc(epoch.ids[r])}\" "
-                f"data-score=\"{_esc(repr(float(sc)))}\" data-decision=\"{_esc(dec)}\">"
-                f"{img}<div class=\"exid\">id {_esc(epoch.ids[r])}</div>"
-                f"<div>score {score_text}</div>"
-                + (f"<div>cluster {cs}</div>" if cs >= 0 else "")
-                + f"<div{warn if pred != c.label else ''}>pred {pred}</div>"
-                f"<span class=\"badge b-{_esc(dec)}\">{_esc(dec)}</span></div>")
-        out.append(f"<div class=\"class-block\" data-class=\"{c.label}\"><h3>Class "
-                   f"{c.label} <span class=\"muted\">({c.dropped} dropped of {c.n_scored} "
-                   f"scored)</span></h3><div class=\"exs\">{''.join(cards)}</div></div>")
-    out.append("</section>")
-    return "".join(out)
+            examples.append({
+                "id": epoch.ids[r], "decision": str(result.decision[r]),
+                "score_repr": repr(sc),
+                "score_text": f"{sc:.4f}" if np.isfinite(sc) else "unscored",
+                "cluster": int(result.cluster_size[r]), "pred": pred,
+                "mispredicted": pred != c.label,
+                "thumb": _thumb(inputs_for[r], layout) if thumbs else None})
+        blocks.append({"label": c.label, "dropped": c.dropped, "n_scored": c.n_scored,
+                       "examples": examples})
+    return blocks
 
 
-def _files_section(path, files):
-    items = []
-    labels = {"keep": "keep-list (ids to keep, one per line)",
-              "scores": "per-example scores (id, label, score, cluster_size, decision)",
-              "export": "schema-v1 export (labels, logits, features)"}
+#: What each linked file of the audit report is.
+FILE_LABELS = {"keep": "keep-list (ids to keep, one per line)",
+               "scores": "per-example scores (id, label, score, cluster_size, decision)",
+               "export": "schema-v1 export (labels, logits, features)"}
+
+
+def file_links(path, files, labels):
+    """Links, relative to the report at ``path``, to the ``files`` named in ``labels``."""
+    out = []
     folder = os.path.dirname(os.path.abspath(path))
     for key, text in labels.items():
         f = (files or {}).get(key)
         if not f:
             continue
-        rel = os.path.relpath(os.path.abspath(f), folder)
         size = os.path.getsize(f) if os.path.exists(f) else 0
-        items.append(f"<li><a href=\"{_esc(rel)}\">{_esc(rel)}</a>: {_esc(text)}, "
-                     f"{size:,} bytes</li>")
-    body = f"<ul>{''.join(items)}</ul>" if items else "<p>No files.</p>"
-    return f"<section id=\"files\"><h2>Files</h2>{body}</section>"
+        out.append({"href": os.path.relpath(os.path.abspath(f), folder), "text": text,
+                    "size": size})
+    return out
