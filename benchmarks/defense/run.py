@@ -71,7 +71,9 @@ def choose_targets(name, splits, pretrained, n, seed, device):
                 for i in range(n)]
     feats, logits = M.outputs(pretrained, splits.x_test, device)
     ok = np.flatnonzero(logits.argmax(1) == splits.y_test)
-    rows = rng.choice(ok, size=n, replace=False)
+    # Draw the full run's targets and take the first n, so that a shorter run
+    # (--targets n) scores a prefix of the full run's targets.
+    rows = rng.choice(ok, size=max(n, C.FULL["n_targets"]), replace=False)[:n]
     out = []
     for i, r in enumerate(rows):
         lg = logits[r].copy()
