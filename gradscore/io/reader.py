@@ -557,63 +557,103 @@ def _read_sources(sources, need_features, block_rows, *, deep=False, max_memory=
     ids_parts = []
     offset = 0
     for src in sources:
-        lab = src.read(S.LABELS).astype(np.int64)
-        bad = np.flatnonzero((lab < 0) | (lab >= c))
-        if bad.size:
-            raise src.err(S.LABELS, f"must be in [0, {c}); {format_rows(bad)} are not "
-                          f"(first value: {lab[bad[0]]})")
-        labels[offset:offset + src.n] = lab
+        labels[offset:offset + src.n] = _read_labels(src, c)
         computed = S.LOGITS not in src.ds
         # Unused datasets are not read (their shape and dtype were checked):
         # features of a logits-gradient run are most of the file.
         read_f = S.FEATURES in src.ds and (keep_f or deep or computed)
-        if S.WEIGHT in src.ds and (computed or deep):
-            w = src.read(S.WEIGHT).astype(np.float64)
-            b = src.read(S.BIAS).astype(np.float64)
-            check_finite(w, f"{src.path}: dataset 'weight'")
-            check_finite(b[:, None], f"{src.path}: dataset 'bias'")
+        linear = _read_linear(src) if computed or deep else None
         for start in range(0, src.n, block_rows):
             stop = min(src.n, start + block_rows)
             out = slice(offset + start, offset + stop)
-            feat = None
-            if read_f:
-                feat = src.read(S.FEATURES, slice(start, stop))
-                check_finite(feat, f"{src.path}: dataset 'features'", row_offset=start)
-                if keep_f:
-                    features[out] = feat
-            if S.LOGITS in src.ds:
-                lg = src.read(S.LOGITS, slice(start, stop))
-                check_finite(lg, f"{src.path}: dataset 'logits'", row_offset=start)
-                logits[out] = lg
-            else:
-                lg = feat.astype(np.float64) @ w.T + b
-                check_finite(lg, f"{src.path}: logits computed from 'features', 'weight' "
-                             "and 'bias'", row_offset=start)
-                logits[out] = lg
+            lg, feat = _read_block(src, start, stop, linear, read_features=read_f)
+            logits[out] = lg
+            if keep_f:
+                features[out] = feat
         ids = _read_ids(src)
         if ids is None:
             ids = np.arange(src.n, dtype=np.int64)
         ids_parts.append(ids)
         offset += src.n
+    order, ids = _join_ids(sources, ids_parts)
+    if not np.array_equal(order, np.arange(total)):
+        labels, logits = labels[order], logits[order]
+        if features is not None:
+            features = features[order]
+    return Epoch(labels=labels, logits=logits, features=features, ids=ids,
+                 num_classes=c, epoch=_epoch_of(sources),
+                 sources=[{"path": s.path, "n": s.n} for s in sources], n_features=d,
+                 dtypes=_dtypes(sources),
+                 id_kind=first.id_kind)
+
+
+def _join_ids(sources, ids_parts):
+    """Sort the files' ids (concatenated in file order), refusing duplicates.
+
+    Returns ``(order, sorted_ids)``: row ``order[i]`` of the concatenated
+    files has the i-th smallest id.
+    """
     ids = np.concatenate(ids_parts) if len(ids_parts) > 1 else ids_parts[0]
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
     if dup.size:
         _raise_duplicates(sources, order, dup, sorted_ids)
-    if not np.array_equal(order, np.arange(total)):
-        labels, logits, ids = labels[order], logits[order], sorted_ids
-        if features is not None:
-            features = features[order]
+    return order, sorted_ids
+
+
+def _epoch_of(sources):
+    """The files' common ``epoch`` attribute, or None."""
     epochs = {s.epoch.item() if hasattr(s.epoch, "item") else s.epoch for s in sources}
     epochs.discard(None)
     if len(epochs) > 1:
         raise GradscoreError(f"shards disagree on attribute 'epoch': {sorted(epochs)}")
-    return Epoch(labels=labels, logits=logits, features=features, ids=ids,
-                 num_classes=c, epoch=epochs.pop() if epochs else None,
-                 sources=[{"path": s.path, "n": s.n} for s in sources], n_features=d,
-                 dtypes=_dtypes(sources),
-                 id_kind=first.id_kind)
+    return epochs.pop() if epochs else None
+
+
+def _read_labels(src, num_classes):
+    """One file's labels as int64, checked to lie in ``[0, num_classes)``."""
+    lab = src.read(S.LABELS).astype(np.int64)
+    bad = np.flatnonzero((lab < 0) | (lab >= num_classes))
+    if bad.size:
+        raise src.err(S.LABELS, f"must be in [0, {num_classes}); {format_rows(bad)} are not "
+                      f"(first value: {lab[bad[0]]})")
+    return lab
+
+
+def _read_linear(src):
+    """The file's final layer ``(weight, bias)`` as float64, checked; None if absent."""
+    if S.WEIGHT not in src.ds:
+        return None
+    w = src.read(S.WEIGHT).astype(np.float64)
+    b = src.read(S.BIAS).astype(np.float64)
+    check_finite(w, f"{src.path}: dataset 'weight'")
+    check_finite(b[:, None], f"{src.path}: dataset 'bias'")
+    return w, b
+
+
+def _read_block(src, start, stop, linear, *, read_features=True):
+    """Rows ``[start, stop)`` of one file: ``(logits, features)``, both checked finite.
+
+    ``logits`` is read, or computed from the features and ``linear`` (from
+    :func:`_read_linear`) when the file has none; ``features`` is None when
+    the file has none or ``read_features`` is False (then they must not be
+    needed to compute the logits). Each array keeps its storage dtype,
+    except computed logits (float64).
+    """
+    feat = None
+    if read_features and S.FEATURES in src.ds:
+        feat = src.read(S.FEATURES, slice(start, stop))
+        check_finite(feat, f"{src.path}: dataset 'features'", row_offset=start)
+    if S.LOGITS in src.ds:
+        lg = src.read(S.LOGITS, slice(start, stop))
+        check_finite(lg, f"{src.path}: dataset 'logits'", row_offset=start)
+    else:
+        w, b = linear
+        lg = feat.astype(np.float64) @ w.T + b
+        check_finite(lg, f"{src.path}: logits computed from 'features', 'weight' "
+                     "and 'bias'", row_offset=start)
+    return lg, feat
 
 
 def _dtypes(sources):
