@@ -4,19 +4,31 @@ This is what ``gradscore score`` runs; training-loop integrations and the
 benchmarks call it too, so every user goes through the same code path.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 import hashlib
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
+from ._validation import check_choice
 from ._version import __version__
 from .errors import GradscoreError
 from .io import read_epoch
 from .io._atomic import atomic_path
 from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplist_to,
                           _write_scores_to, keep_mask, read_keeplist)
-from .pipeline import _score, check_features_given, check_n_jobs, check_params, needs_features
+from .io.partition import join_indexes, read_index, spill_shard
+from .pipeline import (_n_threads, _score, check_features_given, check_n_jobs, check_params,
+                       needs_features)
+from .tasks import gather, score_spilled_class
+
+SPILL_CHOICES = ("auto", "always", "never")
+#: ``spill="auto"`` spills when the arrays an in-memory run would hold
+#: (float32 logits, and features when the method needs them) exceed this.
+SPILL_ABOVE_BYTES = 512 * 2**20
 
 
 def default_output(paths):
@@ -37,7 +49,8 @@ def sha256_file(path, chunk=1 << 22):
 
 
 def score_files(paths, *, output=None, scores_path=None, previous=None,
-                progress=False, max_memory=None, **params):
+                progress=False, max_memory=None, spill="auto", spill_dir=None, client=None,
+                executor=None, **params):
     """Score export file(s) and write the keep-list, atomically.
 
     Parameters
@@ -57,9 +70,29 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         keeps are scored. Every id in it must be in the export.
     progress : bool, default=False
     max_memory : int or str, default=None
-        Bytes the read of the export may hold (``'4G'``, ``'512MiB'``);
-        default the memory available. A larger export is refused before
-        anything is allocated (see :func:`gradscore.read_epoch`).
+        Bytes the in-memory read of the export may hold (``'4G'``,
+        ``'512MiB'``); default the memory available. A larger export is
+        refused before anything is allocated (see :func:`gradscore.read_epoch`);
+        use ``spill`` for exports larger than memory.
+    spill : {"auto", "always", "never"}, default="auto"
+        ``"always"``: read the inputs once, in blocks, into a class-partitioned
+        spill on disk (:mod:`gradscore.io.partition`) and score class by class
+        from it, so memory holds one block and a few classes, not the whole
+        export. ``"never"``: hold the export in memory. ``"auto"``: spill
+        when the in-memory arrays would exceed 512 MiB, or when ``client`` or
+        ``executor`` is given (their workers read the inputs themselves).
+    spill_dir : str or path-like, default=None
+        Folder for the spill (a temporary folder is made in it and removed
+        afterwards); default: the output's folder. With ``client``, it must
+        be on storage every worker sees.
+    client : distributed.Client, default=None
+        Run the partitioning and the per-class tasks on this Dask cluster
+        (see :mod:`gradscore.distributed`). Inputs and ``spill_dir`` must be
+        on storage every worker sees, at the same paths.
+    executor : concurrent.futures.Executor, default=None
+        Run them with this executor instead (a ``ProcessPoolExecutor``, say).
+        Default: ``n_jobs`` local threads. The keep-list is the same whatever
+        runs the tasks.
     **params
         Passed to :func:`gradscore.score` (``method``, ``fraction``, ...).
 
@@ -84,24 +117,47 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         if not os.path.isdir(folder):
             raise GradscoreError(f"{p}: folder {folder} does not exist")
     n_jobs = check_n_jobs(params.pop("n_jobs", None))
+    check_choice("spill", spill, SPILL_CHOICES)
+    if client is not None and executor is not None:
+        raise GradscoreError("give at most one of 'client' and 'executor'")
     # Parameters are checked before reading; the arrays are checked by the
     # reader, so the private scorer runs on them without a second pass.
     num_classes = params.pop("num_classes", None)
     check_params(**params)
     prev_ids = read_keeplist(previous) if previous is not None else None
     method, gradient = params.get("method", "epic"), params.get("gradient", "logits")
-    epoch = read_epoch(paths, need_features=needs_features(method, gradient),
-                       max_memory=max_memory)
-    check_features_given(method, gradient, epoch.features)
-    if num_classes is not None and num_classes != epoch.num_classes:
-        raise GradscoreError(f"num_classes={num_classes} but the export has "
-                             f"{epoch.num_classes} classes")
-    params = check_params(num_classes=epoch.num_classes, **params)
-    active = None
-    if prev_ids is not None:
-        active = keep_mask(epoch.ids, prev_ids, source=f"previous keep-list {previous}")
-    result = _score(epoch.labels, epoch.logits, epoch.features, params, active=active,
-                    progress=progress, n_jobs=n_jobs)
+    remote = client is not None or executor is not None
+    if method == "deep-knn" and (remote or spill == "always"):
+        raise GradscoreError("method='deep-knn' compares examples across classes, so it "
+                             "cannot run class by class (spill, client or executor); "
+                             "run it in memory on one machine")
+    if remote and spill == "never":
+        raise GradscoreError("spill='never' holds the export in this process, so it cannot "
+                             "run on a client or executor; use spill='auto'")
+    own_pool = None
+    if client is not None:
+        from .distributed import client_executor
+        executor = client_executor(client)
+    elif executor is None:
+        own_pool = executor = ThreadPoolExecutor(_n_threads(n_jobs, 1 << 30))
+    try:
+        if method == "deep-knn":
+            indexes = None
+        else:
+            indexes = _map(executor, read_index, paths, remote=client is not None)
+        if indexes is None or not _should_spill(spill, remote, indexes, method, gradient):
+            result, epoch = _score_in_memory(paths, num_classes, params, prev_ids, previous,
+                                             progress=progress, n_jobs=n_jobs,
+                                             max_memory=max_memory)
+        else:
+            result, epoch = _score_spilled(
+                indexes, num_classes, params, prev_ids, previous, executor=executor,
+                remote=client is not None, progress=progress,
+                spill_dir=spill_dir if spill_dir is not None
+                else os.path.dirname(os.path.abspath(output)))
+    finally:
+        if own_pool is not None:
+            own_pool.shutdown()
     metadata = None
     if out_ext == ".json":
         metadata = run_metadata(result, epoch, previous=previous)
@@ -113,6 +169,87 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         if tmp_sc:
             _write_scores_to(tmp_sc, sc_ext, epoch.ids, epoch.labels, result)
     return result, epoch, output
+
+
+def _should_spill(spill, remote, indexes, method, gradient):
+    if spill != "auto":
+        return spill == "always"
+    if remote:
+        return True
+    n = sum(ix.n for ix in indexes)
+    width = indexes[0].num_classes
+    if needs_features(method, gradient) and indexes[0].n_features:
+        width += indexes[0].n_features
+    return n * width * 4 > SPILL_ABOVE_BYTES
+
+
+def _check_classes(num_classes, epoch):
+    if num_classes is not None and num_classes != epoch.num_classes:
+        raise GradscoreError(f"num_classes={num_classes} but the export has "
+                             f"{epoch.num_classes} classes")
+
+
+def _active(epoch, prev_ids, previous):
+    if prev_ids is None:
+        return None
+    return keep_mask(epoch.ids, prev_ids, source=f"previous keep-list {previous}")
+
+
+def _score_in_memory(paths, num_classes, params, prev_ids, previous, *, progress, n_jobs,
+                     max_memory=None):
+    """Read the whole export into memory and score it with local threads."""
+    method, gradient = params.get("method", "epic"), params.get("gradient", "logits")
+    epoch = read_epoch(paths, need_features=needs_features(method, gradient),
+                       max_memory=max_memory)
+    check_features_given(method, gradient, epoch.features)
+    _check_classes(num_classes, epoch)
+    params = check_params(num_classes=epoch.num_classes, **params)
+    result = _score(epoch.labels, epoch.logits, epoch.features, params,
+                    active=_active(epoch, prev_ids, previous), progress=progress,
+                    n_jobs=n_jobs)
+    return result, epoch
+
+
+def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor, remote,
+                   progress, spill_dir):
+    """Partition the export into a spill, score class by class, gather in class order."""
+    method, gradient = params.get("method", "epic"), params.get("gradient", "logits")
+    need_f = needs_features(method, gradient)
+    if need_f and indexes[0].n_features is None:
+        check_features_given(method, gradient, None)
+    spill_dir = os.fspath(spill_dir)
+    if not os.path.isdir(spill_dir):
+        raise GradscoreError(f"spill_dir {spill_dir} is not a folder")
+    tmp = tempfile.mkdtemp(prefix=".gradscore-spill-", dir=spill_dir)
+    try:
+        part = join_indexes(indexes, tmp, need_features=need_f)
+        epoch = part.epoch
+        _check_classes(num_classes, epoch)
+        params = check_params(num_classes=epoch.num_classes, **params)
+        active = _active(epoch, prev_ids, previous)
+        _map(executor, spill_shard, part.specs, remote=remote)
+        present = [c for c in range(epoch.num_classes) if part.class_rows[c].size]
+        rows = [part.class_rows[c] for c in present]
+        actives = [None if active is None else active[r] for r in rows]
+        outcomes = executor.map(score_spilled_class, [part.class_slices(c) for c in present],
+                                actives, [params] * len(present))
+        result = gather(outcomes, rows, n=epoch.labels.size, active=active, params=params,
+                        progress=progress, total=len(present))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result, epoch
+
+
+def _map(executor, func, items, *, remote):
+    """``list(executor.map(func, items))``; on a cluster, errors say where inputs must be."""
+    try:
+        return list(executor.map(func, items))
+    except GradscoreError as exc:
+        if not remote:
+            raise
+        raise GradscoreError(
+            f"{exc} (on a Dask worker: inputs and the spill folder must be on storage every "
+            "worker sees, at the same path)") from None
 
 
 def run_metadata(result, epoch, *, previous=None):

@@ -1,0 +1,151 @@
+"""The class-partitioned spill path gives the in-memory path's keep-list, byte for byte."""
+
+from concurrent.futures import ProcessPoolExecutor
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import gradscore
+from gradscore.errors import GradscoreError
+from gradscore.io.partition import join_indexes, load_class, read_index, spill_shard
+from gradscore.pipeline import check_params
+from gradscore.tasks import ClassData, score_class
+
+from conftest import make_data
+
+
+def write_shards(folder, *, n=900, c=5, d=6, n_shards=3, dtype=np.float32, seed=0,
+                 str_ids=False, linear=False):
+    """An export in interleaved shards with shuffled ids (as DistributedSampler writes)."""
+    labels, logits, feats = make_data(n=n, c=c, d=d, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    ids = rng.permutation(n) * 7 + 3
+    if str_ids:
+        ids = np.array([f"img-{i:06d}" for i in ids], dtype=object)
+    w, b = rng.normal(size=(c, d)), rng.normal(size=c)
+    paths = []
+    for r in range(n_shards):
+        p = np.arange(r, n, n_shards)
+        path = os.path.join(folder, f"shard-{r}.h5")
+        if linear:
+            gradscore.write_epoch(path, labels=labels[p], features=feats[p], weight=w, bias=b,
+                                  ids=ids[p], dtype=dtype, epoch=4)
+        else:
+            gradscore.write_epoch(path, labels=labels[p], logits=logits[p], features=feats[p],
+                                  ids=ids[p], dtype=dtype, epoch=4)
+        paths.append(path)
+    return paths, ids
+
+
+def run_both(tmp_path, paths, **params):
+    out_mem = tmp_path / "mem.keep.txt"
+    out_spill = tmp_path / "spill.keep.txt"
+    a, ea, _ = gradscore.score_files(paths, output=out_mem, scores_path=tmp_path / "mem.csv",
+                                     spill="never", **params)
+    b, eb, _ = gradscore.score_files(paths, output=out_spill,
+                                     scores_path=tmp_path / "spill.csv", spill="always",
+                                     **params)
+    return (a, ea, out_mem), (b, eb, out_spill)
+
+
+CASES = {
+    "epic float32": dict(),
+    "epic float16, 2 shards": dict(write=dict(dtype=np.float16, n_shards=2)),
+    "epic sparse graph": dict(params=dict(dense_max=50)),
+    "knn-density last-layer": dict(params=dict(method="knn-density", gradient="last-layer",
+                                               drop_fraction=0.1)),
+    "spectral, string ids": dict(params=dict(method="spectral"), write=dict(str_ids=True)),
+    "logits from weight and bias": dict(write=dict(linear=True)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_spill_gives_the_in_memory_keep_list_byte_for_byte(tmp_path, case):
+    spec = CASES[case]
+    paths, _ = write_shards(str(tmp_path), **spec.get("write", {}))
+    (a, ea, out_a), (b, eb, out_b) = run_both(tmp_path, paths, **spec.get("params", {}))
+    assert out_a.read_bytes() == out_b.read_bytes()
+    assert (tmp_path / "mem.csv").read_bytes() == (tmp_path / "spill.csv").read_bytes()
+    assert a.keep.sum() < a.keep.size  # something was dropped: the comparison has teeth
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.cluster_size, b.cluster_size)
+    assert [r.__dict__ for r in a.classes] == [r.__dict__ for r in b.classes]
+    assert ea.ids.tolist() == eb.ids.tolist() and ea.epoch == eb.epoch == 4
+    assert eb.logits is None  # the spilled run never held the logits
+
+
+def test_spill_with_a_previous_keep_list_matches_in_memory(tmp_path):
+    paths, ids = write_shards(str(tmp_path))
+    prev = tmp_path / "prev.txt"
+    gradscore.write_keeplist(prev, np.sort(ids)[::3])
+    (a, _, out_a), (b, _, out_b) = run_both(tmp_path, paths, previous=prev)
+    assert out_a.read_bytes() == out_b.read_bytes()
+    assert (a.decision == "dropped-before").sum() == ids.size - ids[::3].size
+    np.testing.assert_array_equal(a.decision, b.decision)
+
+
+def test_processes_and_threads_write_the_same_keep_list(tmp_path):
+    paths, _ = write_shards(str(tmp_path), n=600)
+    outs = []
+    for name, kw in (("threads1", dict(n_jobs=1)), ("threads3", dict(n_jobs=3))):
+        outs.append(tmp_path / f"{name}.txt")
+        gradscore.score_files(paths, output=outs[-1], spill="always", **kw)
+    with ProcessPoolExecutor(2) as pool:
+        outs.append(tmp_path / "procs.txt")
+        gradscore.score_files(paths, output=outs[-1], executor=pool)
+    assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
+
+
+def test_spill_groups_rows_by_class_and_loads_them_back(tmp_path):
+    paths, ids = write_shards(str(tmp_path), n=300, c=4, n_shards=2)
+    ref = gradscore.read_epoch(paths)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    part = join_indexes([read_index(p) for p in paths], str(spill))
+    for spec in part.specs:
+        spill_shard(spec)
+    np.testing.assert_array_equal(part.epoch.ids, ref.ids)
+    np.testing.assert_array_equal(part.epoch.labels, ref.labels)
+    for c in range(4):
+        logits, feats = load_class(part.class_slices(c))
+        rows = part.class_rows[c]
+        assert (ref.labels[rows] == c).all() and rows.size == (ref.labels == c).sum()
+        np.testing.assert_array_equal(logits, ref.logits[rows])
+        np.testing.assert_array_equal(feats, ref.features[rows])
+
+
+def test_task_result_does_not_depend_on_row_order():
+    labels, logits, _ = make_data(n=400, c=2, seed=3)
+    x = logits[labels == 1].astype(np.float32)
+    params = check_params(num_classes=2, dense_max=100)
+    perm = np.random.default_rng(0).permutation(len(x))
+    a = score_class(ClassData(1, x), params)
+    b = score_class(ClassData(1, x[perm]), params)
+    np.testing.assert_array_equal(a.scores[perm], b.scores)
+    np.testing.assert_array_equal(a.drop[perm], b.drop)
+    assert a.drop.any()
+
+
+def test_block_errors_name_the_file_and_rows_when_spilling(tmp_path):
+    paths, _ = write_shards(str(tmp_path), n=90)
+    with h5py.File(paths[1], "r+") as f:
+        f["logits"][4, 1] = np.nan
+    with pytest.raises(GradscoreError, match=r"shard-1.h5: dataset 'logits' contains NaN in "
+                                             r"1 row \(first: 4\)"):
+        gradscore.score_files(paths, output=tmp_path / "k.txt", spill="always")
+    assert not any(n.startswith(".gradscore-spill-") for n in os.listdir(tmp_path))
+    assert not (tmp_path / "k.txt").exists()
+
+
+def test_spill_options_are_checked(tmp_path):
+    paths, _ = write_shards(str(tmp_path), n=60)
+    with pytest.raises(GradscoreError, match="'spill' must be one of"):
+        gradscore.score_files(paths, output=tmp_path / "k.txt", spill="sometimes")
+    with pytest.raises(GradscoreError, match="deep-knn.*cannot run class by class"):
+        gradscore.score_files(paths, output=tmp_path / "k.txt", spill="always",
+                              method="deep-knn")
+    with pytest.raises(GradscoreError, match="spill_dir .*nowhere is not a folder"):
+        gradscore.score_files(paths, output=tmp_path / "k.txt", spill="always",
+                              spill_dir=tmp_path / "nowhere")
