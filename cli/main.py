@@ -1,54 +1,20 @@
 """``gradscore``: a thin click layer over the gradscore library (no maths here)."""
 
 import json
-import sys
-import warnings
 
 import click
 
 import gradscore
 from gradscore import neighbors as nb
-from gradscore.errors import GradscoreError
 from gradscore.gradients import GRADIENTS
 from gradscore.pipeline import CUMULATIVE_RULES, DENSE_MAX, METHODS
+
+from ._common import _Errors, _show_warnings
+from .onnx_commands import register as _register_onnx
 
 #: Classes listed one per line in the human summary; beyond this, the ones
 #: with most drops.
 SUMMARY_CLASSES = 30
-
-
-def _fail(message):
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(1)
-
-
-class _Errors:
-    """Turn library errors into ``Error: ...`` and exit 1 (no traceback)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            return False
-        if issubclass(exc_type, GradscoreError):
-            _fail(str(exc))
-        if issubclass(exc_type, MemoryError):
-            # The reader refuses exports that will not fit before reading;
-            # this is the backstop for the scoring that follows.
-            _fail(f"out of memory ({exc or 'MemoryError'}); give a smaller export, "
-                  "fewer --jobs, or run on a machine with more memory")
-        if issubclass(exc_type, OSError):
-            _fail(f"{getattr(exc, 'filename', '') or ''} {exc.strerror or exc}".strip())
-        return False
-
-
-def _show_warnings(quiet):
-    def show(message, category, filename, lineno, file=None, line=None):
-        if not quiet:
-            click.echo(f"Warning: {message}", err=True)
-    warnings.showwarning = show
-    warnings.simplefilter("always", gradscore.GradscoreWarning)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,13 +84,30 @@ def main():
               help="Memory the read of the export may take, e.g. 4G or 512MiB; a larger "
                    "export is refused before anything is allocated. Default: the memory "
                    "available on the machine.")
+@click.option("--spill", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True,
+              help="always: read the inputs once into a class-partitioned spill on disk "
+                   "and score class by class from it (memory: one block and a few "
+                   "classes). never: hold the export in memory. auto: spill above "
+                   "512 MiB of arrays, or on a Dask cluster.")
+@click.option("--spill-dir", type=click.Path(file_okay=False),
+              help="Folder for the spill (default: the output's folder). On a cluster it "
+                   "must be on storage every worker sees.")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run on this Dask scheduler, e.g. tcp://HOST:8786 (needs "
+                   "gradscore[dask]). Inputs must be on storage every worker sees.")
+@click.option("--scheduler-file", type=click.Path(dir_okay=False),
+              help="Run on the Dask scheduler described by this file "
+                   "(dask scheduler --scheduler-file).")
+@click.option("--connect-timeout", type=float, default=10, show_default=True,
+              help="Seconds to wait for the Dask scheduler.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings or summary.")
 def score(files, output, scores_path, method, gradient, fraction, cluster_threshold, k,
           drop_fraction, z_threshold, max_drop_fraction, max_total_drop_fraction,
           label_smoothing, neighbors, dense_max, previous, cumulative, seed, jobs, max_memory,
-          as_json, quiet):
+          spill, spill_dir, scheduler, scheduler_file, connect_timeout, as_json, quiet):
     """Score one epoch's export FILES (or its shards) and write a keep-list.
 
     \b
@@ -133,17 +116,28 @@ def score(files, output, scores_path, method, gradient, fraction, cluster_thresh
       gradscore score shard-*.h5 -o epoch_05.keep.json --scores scores.csv
       gradscore score epoch_10.h5 --previous epoch_05.keep.txt
       gradscore score epoch_05.h5 --method knn-density --drop-fraction 0.05 --json
+      gradscore score /shared/shard-*.h5 --scheduler tcp://10.0.0.5:8786
     """
     _show_warnings(quiet)
     with _Errors():
-        result, epoch, out = gradscore.score_files(
-            list(files), output=output, scores_path=scores_path, previous=previous,
-            progress=not quiet, method=method, gradient=gradient, fraction=fraction,
-            cluster_threshold=cluster_threshold, k=k, drop_fraction=drop_fraction,
-            z_threshold=z_threshold, max_drop_fraction=max_drop_fraction,
-            max_total_drop_fraction=max_total_drop_fraction, cumulative=cumulative,
-            label_smoothing=label_smoothing, neighbors=neighbors, dense_max=dense_max,
-            random_state=seed, n_jobs=jobs, max_memory=max_memory)
+        client = None
+        if scheduler is not None or scheduler_file is not None:
+            from gradscore.distributed import connect
+            client = connect(scheduler, scheduler_file=scheduler_file,
+                             timeout=connect_timeout)
+        try:
+            result, epoch, out = gradscore.score_files(
+                list(files), output=output, scores_path=scores_path, previous=previous,
+                progress=not quiet, spill=spill, spill_dir=spill_dir, client=client,
+                method=method, gradient=gradient, fraction=fraction,
+                cluster_threshold=cluster_threshold, k=k, drop_fraction=drop_fraction,
+                z_threshold=z_threshold, max_drop_fraction=max_drop_fraction,
+                max_total_drop_fraction=max_total_drop_fraction, cumulative=cumulative,
+                label_smoothing=label_smoothing, neighbors=neighbors, dense_max=dense_max,
+                random_state=seed, n_jobs=jobs, max_memory=max_memory)
+        finally:
+            if client is not None:
+                client.close()
     summary = result.summary()
     summary["output"] = out
     summary["scores"] = scores_path
@@ -223,7 +217,6 @@ def inspect(files, deep, max_memory, as_json):
         click.echo(f"classes with no examples: {len(empty)} (first: {empty[:10]})")
 
 
-from .onnx_commands import register as _register_onnx  # noqa: E402
 _register_onnx(main)
 from .report_commands import register as _register_report  # noqa: E402
 _register_report(main)

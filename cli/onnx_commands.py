@@ -12,6 +12,8 @@ import click
 from gradscore.gradients import GRADIENTS
 from gradscore.pipeline import METHODS
 
+from ._common import _Errors, _show_warnings
+
 _DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -53,10 +55,6 @@ def _model_options(f):
 
 def register(main):
     """Add the ``extract`` and ``audit`` commands to the ``main`` click group."""
-    # Imported here, not at module level: main.py imports this module at its
-    # end, and under ``python -m`` a module-level import would be circular.
-    from .main import _Errors, _show_warnings
-
     @main.command()
     @click.argument("model", type=click.Path(dir_okay=False))
     @click.argument("data", type=click.Path(dir_okay=False))
