@@ -18,6 +18,10 @@ from test_partition import write_shards
 
 distributed = pytest.importorskip("distributed")
 
+# Every scheduler serves HTTP (health, metrics) on 127.0.0.1, port 8787 when
+# free; a second cluster, or another one on this machine, gets a random port.
+pytestmark = pytest.mark.filterwarnings("ignore:Port 8787 is already in use")
+
 #: Seconds any one cluster operation may take before the test gives up.
 TIMEOUT = 60
 

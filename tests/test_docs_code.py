@@ -20,7 +20,8 @@ import warnings
 import pytest
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
-PAGES = ["pytorch.md", "keras.md", "numpy-jax.md", "lightning.md", "huggingface.md"]
+PAGES = ["pytorch.md", "keras.md", "numpy-jax.md", "lightning.md", "huggingface.md",
+         "scaling.md"]
 
 # Warnings a page cannot avoid, raised by a library about itself or another
 # library, as (category name, start of message).
