@@ -23,7 +23,7 @@ from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplis
 from .io.partition import join_indexes, read_index, spill_shard
 from .pipeline import (_n_threads, _score, check_features_given, check_n_jobs, check_params,
                        needs_features)
-from .tasks import gather, score_spilled_class
+from .tasks import class_budgets, gather, score_spilled_class
 
 SPILL_CHOICES = ("auto", "always", "never")
 #: ``spill="auto"`` spills when the arrays an in-memory run would hold
@@ -231,8 +231,10 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
         present = [c for c in range(epoch.num_classes) if part.class_rows[c].size]
         rows = [part.class_rows[c] for c in present]
         actives = [None if active is None else active[r] for r in rows]
+        budgets = class_budgets(epoch.labels, active, params)
         outcomes = executor.map(score_spilled_class, [part.class_slices(c) for c in present],
-                                actives, [params] * len(present))
+                                actives, [None if budgets is None else int(budgets[c])
+                                          for c in present], [params] * len(present))
         result = gather(outcomes, rows, n=epoch.labels.size, active=active, params=params,
                         progress=progress, total=len(present))
     finally:

@@ -341,7 +341,8 @@ def _score_class(c, rows_all, rows, was_kept, *, labels, logits, features, metho
     elif method == "spectral":
         # Canonical order (see below): the SVD's sums then do not depend on
         # the order the rows came in, so a spilled run matches bit for bit.
-        rows = rows[_canonical_order(logits[rows], features[rows])]
+        order = _canonical_order(logits[rows], features[rows])
+        rows, was_kept = rows[order], was_kept[order]
         s = spectral_scores(features[rows])
         d = drop_by_fraction(s, drop_fraction) if drop_fraction is not None \
             else drop_by_robust_threshold(s, z_threshold)

@@ -19,9 +19,10 @@ import warnings
 import numpy as np
 
 from ._progress import progress_bar
-from .errors import GradscoreWarning
+from .errors import GradscoreError, GradscoreWarning
 from .io.partition import load_class
 from .pipeline import DROPPED, DROPPED_BEFORE, KEPT, ScoreResult, _score_class
+from .selection import medoid_budgets
 
 
 @dataclass
@@ -34,13 +35,18 @@ class ClassData:
     logits : ndarray of shape (n, n_classes), float32
     features : ndarray of shape (n, n_features), float32, or None
     active : ndarray of shape (n,), bool, or None
-        False for rows dropped at an earlier epoch (not scored); None: all.
+        False for rows dropped at an earlier round; None: all kept so far.
+        Under ``cumulative="survivors"`` those rows are not scored.
+    n_medoids : int or None
+        EPIC's medoid budget for this class, from :func:`class_budgets`
+        (the budget is global, so it is computed over all classes first).
     """
 
     label: int
     logits: np.ndarray
     features: np.ndarray = None
     active: np.ndarray = None
+    n_medoids: int = None
 
 
 @dataclass
@@ -54,8 +60,10 @@ class ClassOutcome:
         Higher = more typical; NaN where not scored.
     cluster_size : ndarray of shape (n,), int64
         EPIC cluster size; -1 where EPIC did not run.
+    flagged : ndarray of shape (n,), bool
+        This round's rule would drop the row (False for rows not scored).
     drop : ndarray of shape (n,), bool
-        Dropped now (False for rows not scored).
+        Dropped now: flagged, kept before, and within both caps.
     messages : list of str
         Warnings for the caller to raise (a worker's warnings would be lost).
     """
@@ -63,6 +71,7 @@ class ClassOutcome:
     report: object
     scores: np.ndarray
     cluster_size: np.ndarray
+    flagged: np.ndarray
     drop: np.ndarray
     messages: list
 
@@ -89,30 +98,37 @@ def score_class(data, params):
     >>> from gradscore.tasks import ClassData, score_class
     >>> rng = np.random.default_rng(0)
     >>> logits = rng.normal(size=(50, 3)).astype(np.float32)
-    >>> out = score_class(ClassData(0, logits), check_params(num_classes=3))
+    >>> out = score_class(ClassData(0, logits, n_medoids=10), check_params(num_classes=3))
     >>> out.scores.shape, out.drop.dtype
     ((50,), dtype('bool'))
     """
+    if params["method"] == "epic" and data.n_medoids is None:
+        raise GradscoreError(f"class {data.label}: EPIC needs the class's medoid budget "
+                             "(ClassData.n_medoids, from class_budgets); got None")
     n = data.logits.shape[0]
     every = np.arange(n)
-    rows = every if data.active is None else every[data.active]
+    active = np.ones(n, dtype=bool) if data.active is None else data.active
+    # As in pipeline._score: the authors' rule scores every row.
+    rows = every if params["cumulative"] == "intersect" else every[active]
     labels = np.full(n, data.label, dtype=np.int64)
-    report, rows, s, csize, d, messages = _score_class(
-        int(data.label), every, rows, labels=labels, logits=data.logits,
-        features=data.features, **params)
+    report, rows, s, csize, f, d, messages = _score_class(
+        int(data.label), every, rows, active[rows], labels=labels, logits=data.logits,
+        features=data.features, n_medoids=data.n_medoids, **params)
     scores = np.full(n, np.nan)
     cluster_size = np.full(n, -1, dtype=np.int64)
+    flagged = np.zeros(n, dtype=bool)
     drop = np.zeros(n, dtype=bool)
     if s is not None:
         scores[rows] = s
+        flagged[rows] = f
         drop[rows] = d
     if csize is not None:
         cluster_size[rows] = csize
     return ClassOutcome(report=report, scores=scores, cluster_size=cluster_size,
-                        drop=drop, messages=messages)
+                        flagged=flagged, drop=drop, messages=messages)
 
 
-def score_spilled_class(slices, active, params):
+def score_spilled_class(slices, active, n_medoids, params):
     """:func:`score_class` on a class read from the spill.
 
     Parameters
@@ -120,10 +136,30 @@ def score_spilled_class(slices, active, params):
     slices : ClassSlices
         From :meth:`gradscore.io.partition.Partition.class_slices`.
     active : ndarray of shape (slices.n,), bool, or None
+    n_medoids : int or None
     params : dict
     """
     logits, features = load_class(slices)
-    return score_class(ClassData(slices.label, logits, features, active), params)
+    return score_class(ClassData(slices.label, logits, features, active, n_medoids), params)
+
+
+def class_budgets(labels, active, params):
+    """EPIC's per-class medoid budgets over all classes (None for other methods).
+
+    The budget is global: ``int(fraction * N)`` over the ``N`` scored rows,
+    split by class size (:func:`gradscore.selection.medoid_budgets`), so it
+    is computed before any class is scored and handed to each task.
+
+    Returns
+    -------
+    budgets : ndarray of shape (n_classes,), int64, or None
+    """
+    if params["method"] != "epic":
+        return None
+    scored = labels if active is None or params["cumulative"] == "intersect" \
+        else labels[active]
+    return medoid_budgets(np.bincount(scored, minlength=params["num_classes"]),
+                          params["fraction"], random_state=params["random_state"])
 
 
 def gather(outcomes, class_rows, *, n, active, params, progress=False, total=None):
@@ -143,6 +179,7 @@ def gather(outcomes, class_rows, *, n, active, params, progress=False, total=Non
     """
     scores = np.full(n, np.nan)
     cluster_size = np.full(n, -1, dtype=np.int64)
+    flagged = np.zeros(n, dtype=bool)
     drop = np.zeros(n, dtype=bool)
     reports = []
     bar = progress_bar(outcomes, enabled=progress, total=total, desc="classes", unit="class")
@@ -152,10 +189,11 @@ def gather(outcomes, class_rows, *, n, active, params, progress=False, total=Non
         reports.append(out.report)
         scores[rows] = out.scores
         cluster_size[rows] = out.cluster_size
+        flagged[rows] = out.flagged
         drop[rows] = out.drop
     if active is None:
         active = np.ones(n, dtype=bool)
     keep = active & ~drop
     decision = np.where(keep, KEPT, np.where(active, DROPPED, DROPPED_BEFORE)).astype(object)
     return ScoreResult(keep=keep, scores=scores, cluster_size=cluster_size,
-                       decision=decision, classes=reports, params=params)
+                       decision=decision, flagged=flagged, classes=reports, params=params)

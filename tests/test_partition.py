@@ -76,14 +76,20 @@ def test_spill_gives_the_in_memory_keep_list_byte_for_byte(tmp_path, case):
     assert eb.logits is None  # the spilled run never held the logits
 
 
-def test_spill_with_a_previous_keep_list_matches_in_memory(tmp_path):
+@pytest.mark.parametrize("cumulative", ["intersect", "survivors"])
+def test_spill_with_a_previous_keep_list_matches_in_memory(tmp_path, cumulative):
     paths, ids = write_shards(str(tmp_path))
     prev = tmp_path / "prev.txt"
     gradscore.write_keeplist(prev, np.sort(ids)[::3])
-    (a, _, out_a), (b, _, out_b) = run_both(tmp_path, paths, previous=prev)
+    (a, _, out_a), (b, _, out_b) = run_both(tmp_path, paths, previous=prev,
+                                            cumulative=cumulative,
+                                            max_total_drop_fraction=0.9)
     assert out_a.read_bytes() == out_b.read_bytes()
     assert (a.decision == "dropped-before").sum() == ids.size - ids[::3].size
+    assert (a.decision == "dropped").any()
     np.testing.assert_array_equal(a.decision, b.decision)
+    np.testing.assert_array_equal(a.flagged, b.flagged)
+    np.testing.assert_array_equal(a.scores, b.scores)
 
 
 def test_processes_and_threads_write_the_same_keep_list(tmp_path):
@@ -121,8 +127,8 @@ def test_task_result_does_not_depend_on_row_order():
     x = logits[labels == 1].astype(np.float32)
     params = check_params(num_classes=2, dense_max=100)
     perm = np.random.default_rng(0).permutation(len(x))
-    a = score_class(ClassData(1, x), params)
-    b = score_class(ClassData(1, x[perm]), params)
+    a = score_class(ClassData(1, x, n_medoids=40), params)
+    b = score_class(ClassData(1, x[perm], n_medoids=40), params)
     np.testing.assert_array_equal(a.scores[perm], b.scores)
     np.testing.assert_array_equal(a.drop[perm], b.drop)
     assert a.drop.any()
