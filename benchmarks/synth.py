@@ -19,12 +19,14 @@ import gradscore
 BATCH = 65536
 
 
-def make(path, *, n, classes, features, dtype="float32", seed=0):
+def make(path, *, n, classes, features, dtype="float32", seed=0, id_start=None):
+    """Write one export; with ``id_start``, store ids ``id_start + row`` (for shards)."""
     rng = np.random.default_rng(seed)
     means = rng.normal(size=(classes, features)) if features else None
     dt = np.dtype(dtype)
     with gradscore.EpochWriter(path, num_classes=classes, n_features=features or None,
-                               n_rows=n, dtype=dt, epoch=5) as w:
+                               n_rows=n, dtype=dt, epoch=5,
+                               id_kind=None if id_start is None else "int") as w:
         for start in range(0, n, BATCH):
             m = min(BATCH, n - start)
             y = rng.integers(0, classes, m)
@@ -36,8 +38,21 @@ def make(path, *, n, classes, features, dtype="float32", seed=0):
             f = None
             if features:
                 f = (means[y] + rng.normal(size=(m, features))).astype(dt)
-            w.append(y, z.astype(dt), f)
+            ids = None if id_start is None else np.arange(id_start + start,
+                                                          id_start + start + m)
+            w.append(y, z.astype(dt), f, ids)
     return path
+
+
+def make_shards(folder, *, n, classes, features, dtype="float32", shards=8, seed=0):
+    """One export in ``shards`` files of contiguous id ranges (as ranks write them)."""
+    paths = []
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    for r in range(shards):
+        paths.append(f"{folder}/shard-{r:03d}-of-{shards:03d}.h5")
+        make(paths[-1], n=int(bounds[r + 1] - bounds[r]), classes=classes, features=features,
+             dtype=dtype, seed=seed * 1000 + r, id_start=int(bounds[r]))
+    return paths
 
 
 def main():
