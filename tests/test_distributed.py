@@ -102,40 +102,38 @@ def test_unreachable_scheduler_gives_a_clear_error(tmp_path):
     assert r.exit_code == 1 and "none.json: no such scheduler file" in r.output
 
 
-def test_a_worker_killed_mid_run_is_survived_with_the_same_keep_list(tmp_path):
-    # Enough classes that the per-class tasks outlast the kill below.
-    paths, _ = write_shards(str(tmp_path), n=24_000, c=16, d=4, n_shards=4)
+def test_a_worker_killed_mid_run_is_survived_with_the_same_keep_list(tmp_path, client):
+    # Last in this file: it kills one of the shared cluster's workers (its
+    # nanny starts a new one). Enough classes that the class tasks outlast
+    # the kill below.
+    paths, _ = write_shards(str(tmp_path), n=12_000, c=12, d=4, n_shards=4)
     local = tmp_path / "local.txt"
     gradscore.score_files(paths, output=local, spill="never")
-    with distributed.LocalCluster(host="127.0.0.1", processes=True, n_workers=2,
-                                  threads_per_worker=1, dashboard_address=None,
-                                  worker_dashboard_address=None, timeout=TIMEOUT) as lc, \
-            distributed.Client(lc, timeout=TIMEOUT, set_as_default=False) as c:
-        c.wait_for_workers(2, timeout=TIMEOUT)
-        box = {}
+    box = {}
 
-        def run():
-            try:
-                box["result"] = gradscore.score_files(paths, output=tmp_path / "dask.txt",
-                                                      client=c)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-                box["error"] = exc
+    def run():
+        try:
+            box["result"] = gradscore.score_files(paths, output=tmp_path / "dask.txt",
+                                                  client=client)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            box["error"] = exc
 
-        t = threading.Thread(target=run)
-        t.start()
-        victim = None
-        deadline = time.monotonic() + TIMEOUT
-        while victim is None and time.monotonic() < deadline and t.is_alive():
-            for addr, keys in c.processing().items():
-                if any("score_spilled_class" in str(k) for k in keys):
-                    victim = addr
-                    break
-            time.sleep(0.01)
-        assert victim is not None, "no class task was seen running; nothing was killed"
-        pid = c.run(os.getpid, workers=[victim])[victim]
-        os.kill(pid, signal.SIGKILL)
-        t.join(TIMEOUT)
-        assert not t.is_alive()
-        if "error" in box:
-            raise box["error"]
+    t = threading.Thread(target=run)
+    t.start()
+    victim = None
+    deadline = time.monotonic() + TIMEOUT
+    while victim is None and time.monotonic() < deadline and t.is_alive():
+        for addr, keys in client.processing().items():
+            if any("score_spilled_class" in str(k) for k in keys):
+                victim = addr
+                break
+        time.sleep(0.01)
+    assert victim is not None, "no class task was seen running; nothing was killed"
+    pid = client.run(os.getpid, workers=[victim])[victim]
+    os.kill(pid, signal.SIGKILL)
+    t.join(TIMEOUT)
+    assert not t.is_alive()
+    if "error" in box:
+        raise box["error"]
+    assert victim not in client.scheduler_info()["workers"]  # it really died
     assert (tmp_path / "dask.txt").read_bytes() == local.read_bytes()
