@@ -5,7 +5,7 @@ benchmarks call it too, so every user goes through the same code path.
 """
 
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 import hashlib
 import os
 import shutil
@@ -235,18 +235,26 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
         outcomes = executor.map(score_spilled_class, [part.class_slices(c) for c in present],
                                 actives, [None if budgets is None else int(budgets[c])
                                           for c in present], [params] * len(present))
-        result = gather(outcomes, rows, n=epoch.labels.size, active=active, params=params,
-                        progress=progress, total=len(present))
+        with _where_hint(remote):
+            result = gather(outcomes, rows, n=epoch.labels.size, active=active,
+                            params=params, progress=progress, total=len(present))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result, epoch
 
 
 def _map(executor, func, items, *, remote):
-    """``list(executor.map(func, items))``; on a cluster, errors say where inputs must be."""
-    try:
+    """``list(executor.map(func, items))``, with :func:`_where_hint` on errors."""
+    with _where_hint(remote):
         return list(executor.map(func, items))
-    except GradscoreError as exc:
+
+
+@contextmanager
+def _where_hint(remote):
+    """On a cluster, say where inputs and spill must be when a worker fails to read one."""
+    try:
+        yield
+    except (GradscoreError, OSError) as exc:
         if not remote:
             raise
         raise GradscoreError(
