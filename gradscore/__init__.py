@@ -15,6 +15,10 @@ Stages, each in its own module:
     EPIC facility-location clusters, density drop rules, the safety cap.
 ``gradscore.pipeline``
     :func:`score`, which runs the stages class by class.
+``gradscore.io.partition``, ``gradscore.tasks``, ``gradscore.distributed``
+    the out-of-core way for large exports: one pass into a class-partitioned
+    spill, one task per class (threads, processes or a Dask cluster), and
+    the gather in class order.
 """
 
 from ._version import __version__
