@@ -1,0 +1,88 @@
+"""Cost of one per-class task, the unit the scale-out design multiplies.
+
+Times :func:`gradscore.tasks.score_class` on one synthetic class of the
+ImageNet shape (1,281 rows x 1,000 logits, dense EPIC, 20% medoids) and of
+the 1M x 10 shape (100,000 rows x 10 logits, k-d tree and graph EPIC), in
+CPU seconds of this process (one BLAS thread), median of ``--repeat``, plus
+the dense path's parts. CPU time, not wall time: on a shared machine it is
+the figure that says what a dedicated core would take.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_class_task.py
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import bench_score  # noqa: E402
+
+from gradscore import neighbors as nb  # noqa: E402
+from gradscore.gradients import class_gradients  # noqa: E402
+from gradscore.pipeline import _canonical_order, check_params  # noqa: E402
+from gradscore.selection import epic_dense  # noqa: E402
+from gradscore.tasks import ClassData, score_class  # noqa: E402
+
+
+def cpu(func, repeat):
+    func()  # warm (numba, caches)
+    times = []
+    for _ in range(repeat):
+        t = time.process_time()
+        func()
+        times.append(time.process_time() - t)
+    return statistics.median(times)
+
+
+def synthetic_class(n, c, label, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, c)).astype(np.float32)
+    z[:, label] += rng.choice([8.0, 5.0, 2.0], size=n, p=[0.7, 0.2, 0.1])
+    return z
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    a = ap.parse_args()
+    rows = []
+    for n, c in ((1281, 1000), (100_000, 10)):
+        z = synthetic_class(n, c, 3)
+        params = check_params(num_classes=c)
+        budget = int(0.2 * n)
+        t = cpu(lambda: score_class(ClassData(3, z, n_medoids=budget), params),
+                1 if n > 10_000 else a.repeat)
+        rows.append((f"score_class, {n:,} x {c}", t, t / n * 1e3))
+    z = synthetic_class(1281, 1000, 3)
+    g = class_gradients(np.full(1281, 3), z, num_classes=1000)
+    d2 = nb.pairwise_sqdist(g)
+    parts = [
+        ("gradients (softmax)", lambda: class_gradients(np.full(1281, 3), z, num_classes=1000)),
+        ("canonical row order", lambda: _canonical_order(z)),
+        ("Gram matrix g @ g.T (BLAS)", lambda: g.values @ g.values.T),
+        ("pairwise_sqdist (Gram, duplicates, clean-up)", lambda: nb.pairwise_sqdist(g)),
+        ("k-NN from the distance matrix", lambda: nb.knn_from_sqdist(d2, 20)),
+        ("EPIC dense greedy", lambda: epic_dense(d2, n_medoids=256, dim=g.dim,
+                                                 cluster_threshold=1)),
+    ]
+    for name, func in parts:
+        t = cpu(func, a.repeat)
+        rows.append((f"1,281 x 1,000 part: {name}", t, t / 1281 * 1e3))
+    load = os.getloadavg()[0]
+    lines = ["| task | CPU s | CPU ms per row |", "|---|---|---|"]
+    lines += [f"| {name} | {t:.3f} | {per:.3f} |" for name, t, per in rows]
+    text = (f"Machine: {bench_score.machine()}. Date: {time.strftime('%Y-%m-%d')}. 1-minute "
+            f"load average at the end: {load:.1f} (2 cores; CPU seconds grow too when the "
+            f"cores are shared).\nCommand: `OPENBLAS_NUM_THREADS="
+            f"{os.environ.get('OPENBLAS_NUM_THREADS', '(unset)')} python "
+            f"benchmarks/bench_class_task.py {' '.join(sys.argv[1:])}`\n\n" + "\n".join(lines))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
