@@ -11,6 +11,7 @@ from gradscore.pipeline import CUMULATIVE_RULES, DENSE_MAX, METHODS
 
 from ._common import _Errors, _show_warnings
 from .onnx_commands import register as _register_onnx
+from .report_commands import register as _register_report
 
 #: Classes listed one per line in the human summary; beyond this, the ones
 #: with most drops.
@@ -218,7 +219,6 @@ def inspect(files, deep, max_memory, as_json):
 
 
 _register_onnx(main)
-from .report_commands import register as _register_report  # noqa: E402
 _register_report(main)
 
 if __name__ == "__main__":

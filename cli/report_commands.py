@@ -6,7 +6,7 @@ The report module (matplotlib, Jinja2) is imported inside the command, so
 
 import click
 
-from .main import _Errors, _show_warnings
+from ._common import _Errors, _show_warnings
 
 
 def register(main):

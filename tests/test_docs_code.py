@@ -31,6 +31,9 @@ UPSTREAM_WARNINGS = [
     # Lightning says so on every resume into the folder a ModelCheckpoint
     # saves to (docs/lightning.md tells the reader).
     ("UserWarning", "Checkpoint directory "),
+    # A Dask scheduler serves HTTP on 8787 when free, else on a random port
+    # and says so (docs/scaling.md's local cluster, when another one runs).
+    ("UserWarning", "Port 8787 is already in use"),
 ]
 
 _FENCE = re.compile(r"^```(\S*)\s*$")

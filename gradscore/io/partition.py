@@ -7,8 +7,9 @@ class at a time, never the N x C logits:
    a row). The caller joins the files' indexes (:func:`join_indexes`): id
    order, duplicate ids, class sizes, and where each class's rows will lie
    in each file's spill.
-2. :func:`spill_shard` streams one file's logits (and features) in blocks,
-   checks each block as :func:`~gradscore.io.read_epoch` does, and writes
+2. :func:`spill_shard` streams one file's logits (and features, when the
+   run needs them) in blocks, checks each block as
+   :func:`~gradscore.io.read_epoch` does, and writes
    every row into a raw binary file beside the others of its class.
 3. :func:`load_class` reads one class's rows back: one contiguous read per
    input file.
@@ -29,8 +30,8 @@ import numpy as np
 
 from ..errors import GradscoreError
 from . import schema as S
-from .reader import (Epoch, _Source, _check_shards_agree, _epoch_of, _join_ids,
-                     _read_block, _read_ids, _read_labels, _read_linear)
+from .reader import (Epoch, _Source, _check_allocated, _check_shards_agree, _epoch_of,
+                     _join_ids, _read_block, _read_ids, _read_labels, _read_linear)
 
 
 @dataclass
@@ -66,6 +67,10 @@ def read_index(path):
     """
     src = _Source(path)
     try:
+        # Storage never written reads back as fill values: refused up front,
+        # from the chunk index, as read_epoch does.
+        for dset in src.ds.values():
+            _check_allocated(dset, src.path)
         labels = _read_labels(src, src.num_classes)
         ids = _read_ids(src)
         return ShardIndex(path=src.path, n=src.n, num_classes=src.num_classes,
@@ -107,7 +112,11 @@ def spill_shard(spec):
     src = _Source(spec.path)
     try:
         labels = _read_labels(src, spec.num_classes)
-        linear = _read_linear(src)
+        computed = S.LOGITS not in src.ds
+        # As read_epoch: features are read only when spilled or needed to
+        # compute the logits; weight and bias only for the latter.
+        read_f = spec.features_out is not None or computed
+        linear = _read_linear(src) if computed else None
         outs = [(spec.logits_out, np.dtype(spec.logits_dtype), spec.num_classes)]
         if spec.features_out is not None:
             outs.append((spec.features_out, np.dtype(spec.features_dtype), spec.n_features))
@@ -118,7 +127,7 @@ def spill_shard(spec):
             nxt = np.asarray(spec.class_offsets[:-1], dtype=np.int64).copy()
             for start in range(0, src.n, spec.block_rows):
                 stop = min(src.n, start + spec.block_rows)
-                lg, feat = _read_block(src, start, stop, linear)
+                lg, feat = _read_block(src, start, stop, linear, read_features=read_f)
                 lab = labels[start:stop]
                 # One stable sort groups the block's rows by class; each
                 # class's run is then one write at its next free row.
@@ -245,8 +254,8 @@ def join_indexes(indexes, spill_dir, *, need_features=True, block_rows=S.BLOCK_R
     spill_dir : str
         Folder for the spill files (created by the caller).
     need_features : bool, default=True
-        Spill features too (when the files have them). When False, features
-        are still checked block by block, then let go.
+        Spill features too (when the files have them). When False they are
+        not read, unless the logits are computed from them.
 
     Returns
     -------
