@@ -302,39 +302,58 @@ class DropSchedule:
                 fh.write("\n")
 
     def _load(self):
-        path = self.state_path
-        try:
-            with open(path, encoding="utf-8") as fh:
-                doc = json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise GradscoreError(f"{path}: cannot read schedule state: {exc}") from None
-        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
-            raise GradscoreError(f"{path}: not a DropSchedule state file "
-                                 f"(no \"format\": \"{STATE_FORMAT}\")")
-        if doc.get("version") != STATE_VERSION:
-            raise GradscoreError(f"{path}: state version {doc.get('version')!r} is not "
-                                 f"supported (this gradscore reads {STATE_VERSION})")
+        self.restore(read_state(self.state_path), where=self.state_path,
+                     hint=", or another state_path to start afresh")
+
+    def restore(self, doc, *, where="the state", hint=""):
+        """Take the kept ids and history from ``doc``, a :meth:`state` dict.
+
+        Used on resume from the state file, a framework checkpoint or a
+        broadcast from another rank. The saved settings must equal this
+        schedule's; ``where`` names the source in error messages.
+        """
+        check_state(doc, where=where)
         mine = json.loads(json.dumps(self._config()))
         for key, value in mine.items():
             if doc.get(key) != value:
                 raise GradscoreError(
-                    f"{path}: the saved schedule has {key}={doc.get(key)!r} but this one "
-                    f"was made with {key}={value!r}; use the same settings to resume, or "
-                    "another state_path to start afresh")
+                    f"{where}: the saved schedule has {key}={doc.get(key)!r} but this one "
+                    f"was made with {key}={value!r}; use the same settings to resume{hint}")
         keep = doc.get("keep_ids")
         if keep is None:
             self.keep_ids = None
-        elif all(isinstance(v, int) and not isinstance(v, bool) for v in keep):
+        elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in keep):
             self.keep_ids = np.array(keep, dtype=np.int64)
         else:
             self.keep_ids = np.array([str(v) for v in keep], dtype=object)
-        self.history = list(doc.get("history") or [])
+        self.history = [dict(h) for h in doc.get("history") or []]
 
     def __repr__(self):
         stop = "None" if self.stop is None else self.stop
         kept = "all" if self.keep_ids is None else self.keep_ids.size
         return (f"DropSchedule(warmup={self.warmup}, freq={self.freq}, stop={stop}, "
                 f"done={self.done}, kept={kept})")
+
+
+def check_state(doc, *, where):
+    """Raise unless ``doc`` is a DropSchedule state of the version this gradscore reads."""
+    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+        raise GradscoreError(f"{where}: not a DropSchedule state file "
+                             f"(no \"format\": \"{STATE_FORMAT}\")")
+    if doc.get("version") != STATE_VERSION:
+        raise GradscoreError(f"{where}: state version {doc.get('version')!r} is not "
+                             f"supported (this gradscore reads {STATE_VERSION})")
+
+
+def read_state(path):
+    """The checked JSON document of a DropSchedule state file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise GradscoreError(f"{path}: cannot read schedule state: {exc}") from None
+    check_state(doc, where=path)
+    return doc
 
 
 def _same_ids(a, b):

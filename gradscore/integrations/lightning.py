@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._validation import check_int
 from ..errors import GradscoreError
 from . import shard_paths
-from ._state import restore_schedule, set_keep
+from ._state import set_keep
 from .torch import KeepSampler, export_epoch
 
 __all__ = ["GradscoreCallback"]
@@ -174,8 +174,8 @@ class GradscoreCallback(Callback):
         # The checkpoint wins over a state file that went further: training
         # resumes from the checkpoint's epoch, so it must see that epoch's
         # keep-list, and later epochs are scored again.
-        restore_schedule(self.schedule, state_dict["schedule"],
-                         where="the Lightning checkpoint's GradscoreCallback state")
+        self.schedule.restore(state_dict["schedule"],
+                              where="the Lightning checkpoint's GradscoreCallback state")
         self._reload_samplers()
         self._restored = True
 
@@ -218,6 +218,6 @@ class GradscoreCallback(Callback):
         if not message["ok"]:
             raise GradscoreError(f"rank 0 failed to score epoch {epoch}: {message['error']}")
         if not trainer.is_global_zero:
-            restore_schedule(self.schedule, message["state"], where="rank 0's broadcast")
+            self.schedule.restore(message["state"], where="rank 0's broadcast")
         self._reload_samplers()
         return self.schedule.keep_ids

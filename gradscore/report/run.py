@@ -32,7 +32,7 @@ from ..api import score_files
 from ..errors import GradscoreError
 from ..io._atomic import atomic_path
 from ..io.keeplist import read_keeplist
-from ..schedule import STATE_FORMAT
+from ..schedule import STATE_FORMAT, read_state
 from ._templates import render
 from .html import _figure, _png
 
@@ -77,18 +77,6 @@ def find_state(run_dir):
         raise GradscoreError(f"{run_dir}: found {what} DropSchedule state files; the run "
                              "report needs exactly one (name it with --state)")
     return found[0]
-
-
-def _load_state(path):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise GradscoreError(f"{path}: cannot read schedule state: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
-        raise GradscoreError(f"{path}: not a DropSchedule state file (no \"format\": "
-                             f"\"{STATE_FORMAT}\")")
-    return doc
 
 
 def _locate(path, run_dir):
@@ -144,7 +132,7 @@ def collect_run(run_dir, *, state_path=None, rescore=True):
     if not os.path.isdir(run_dir):
         raise GradscoreError(f"{run_dir}: not a folder")
     state_path = find_state(run_dir) if state_path is None else os.fspath(state_path)
-    doc = _load_state(state_path)
+    doc = read_state(state_path)
     params = dict(doc.get("score_params") or {})
     epochs = []
     for entry in sorted(doc.get("history") or [], key=lambda h: h["epoch"]):
