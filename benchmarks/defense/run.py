@@ -8,7 +8,9 @@ Usage::
 
 Every (attack, target, defence) result is appended to
 ``<out>/results_<attack>.jsonl`` as soon as it is measured, so a run that is cut off
-still leaves its data, and a rerun skips the targets already done.
+still leaves its data, and a rerun skips the (target, defence) pairs already
+done: ``--defences NAME`` adds one defence's rows to existing results without
+re-running the others.
 Targets and poison indices are fixed by seed and written to
 ``<targets-dir>/<attack>.json``; a later run re-crafts the same poisons and
 checks their hash against that file.
@@ -139,21 +141,14 @@ def target_eval_set(name, splits, t):
     return dict(kind="targeted", x=splits.x_test[r:r + 1], adv=t["adv"])
 
 
-def prune_incomplete(results_path, n_defences):
-    """Targets already done; rows of targets a killed run left half done are removed."""
-    rows = report.load_rows(results_path)
-    seen = {}
-    for r in rows:
-        seen.setdefault(r["target"], set()).add(r["defence"])
-    done = {t for t, d in seen.items() if len(d) >= n_defences}
-    if len(done) < len(seen):
-        tmp = results_path + ".tmp"
-        with open(tmp, "w") as fh:
-            for r in rows:
-                if r["target"] in done:
-                    fh.write(json.dumps(r) + "\n")
-        os.replace(tmp, results_path)
-    return done
+def done_pairs(results_path):
+    """(target, defence) pairs already measured in ``results_path``.
+
+    Rows are appended one per (target, defence) as soon as measured, so a
+    run that was cut off leaves only whole rows; a later run measures the
+    missing pairs, and a run with a new defence adds only its rows.
+    """
+    return {(r["target"], r["defence"]) for r in report.load_rows(results_path)}
 
 
 def warm_up_jit():
@@ -219,7 +214,7 @@ def run_attack(name, args):
                                  "seed or data changed")
     warm_up_jit()
     results_path = os.path.join(out, f"results_{name}.jsonl")
-    skip = prune_incomplete(results_path, len(defences))
+    done = done_pairs(results_path)
     doc = dict(attack=name, art=cfg["art"], dataset=cfg["dataset"], seed=args.seed,
                n_train=int(len(splits.x_train)), n_poisons=cfg["n_poisons"],
                poison_fraction=budget, params={k: v for k, v in cfg["params"].items()},
@@ -228,7 +223,8 @@ def run_attack(name, args):
         doc["targets"] = saved["targets"]
     known = {s["target"]: s for s in doc["targets"]}
     for t in targets:
-        if t["target"] in skip:
+        todo = [d for d in defences if (t["target"], d.name) not in done]
+        if not todo:
             log(f"{name}: target {t['target']} already done, skipped")
             continue
         t0 = time.perf_counter()
@@ -253,7 +249,7 @@ def run_attack(name, args):
             with open(results_path, "a") as fh:
                 fh.write(json.dumps(r) + "\n")
 
-        res = V.run_target(pretrained, splits, xp, yp, idx, tgt, cfg["victim"], defences,
+        res = V.run_target(pretrained, splits, xp, yp, idx, tgt, cfg["victim"], todo,
                            seed=t["seed"], device=args.device, workdir=workdir,
                            on_result=on_result)
         none = [r for r in res if r["defence"] == "none"]
@@ -347,7 +343,7 @@ def main(argv=None):
     ap.add_argument("--targets-dir", default=None,
                     help="where target/poison definitions go (default: benchmarks/defense/"
                          "targets for full runs, <out>/targets for --quick)")
-    ap.add_argument("--attacks", nargs="+", choices=C.ATTACK_ORDER, default=None)
+    ap.add_argument("--attacks", nargs="+", choices=C.ALL_ATTACKS, default=None)
     ap.add_argument("--defences", nargs="+", default=None, help="subset of defence names")
     ap.add_argument("--targets", type=int, default=None, help="targets per attack")
     ap.add_argument("--jobs", type=int, default=1, help="attacks run in parallel processes")
