@@ -230,13 +230,16 @@ def run_attack(name, args):
         t0 = time.perf_counter()
         xp, yp, idx, craft_s = load_or_craft(name, cfg, splits, pretrained, t, args.device, out)
         digest = poison_digest(xp, yp, idx)
-        entry = dict(t, poison_idx=[int(i) for i in idx], poison_sha=digest)
+        entry = dict(t, poison_idx=[int(i) for i in idx], poison_sha=digest,
+                     class_share=float(len(idx) / np.sum(yp == t["adv"])))
         old = known.get(t["target"])
         if old is not None and old.get("poison_sha") not in (None, digest):
             log(f"WARNING {name} target {t['target']}: poisons differ from {tpath} "
                 f"({old['poison_sha']} vs {digest}); nondeterministic crafting?")
         known[t["target"]] = entry
         doc["targets"] = [known[k] for k in sorted(known)]
+        # The poisons' largest share of the class they are labelled as.
+        doc["class_share"] = max(e.get("class_share", 0.0) for e in doc["targets"])
         with open(tpath + ".tmp", "w") as fh:
             json.dump(doc, fh, indent=1)
         os.replace(tpath + ".tmp", tpath)
