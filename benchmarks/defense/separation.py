@@ -82,16 +82,13 @@ def measure(labels, logits, feats, is_poison):
         res = gradscore.score(labels, logits, feats, method="knn-density", k=K)
     grad_pct = within_pct(res.scores, cls)
     f = feats.astype(np.float64)
-    rows = np.arange(n)
     # deep-kNN agreement (self excluded), for the class's rows.
     crow = np.flatnonzero(cls)
-    self_ex = np.zeros((crow.size, n), bool)
     nn = np.empty((crow.size, K), np.int64)
     for i, r in enumerate(crow):
         ex = np.zeros(n, bool)
         ex[r] = True
         nn[i] = _knn(f, f[r:r + 1], K, ex)[0]
-    del self_ex
     agree = (labels[nn] == adv).mean(1)
     # Group: poisons among the 20 nearest same-class neighbours.
     group = np.empty(crow.size)
@@ -112,6 +109,13 @@ def measure(labels, logits, feats, is_poison):
                     ("outside", outside), ("centre_pct", centre_pct[crow])):
         stat[name] = float(np.mean(v[p]))
         stat[name + "_clean"] = float(np.mean(v[~p]))
+    # One round of the methods on this export: recall and clean data dropped.
+    for method in ("groups", "deep-knn"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            keep = gradscore.score(labels, logits, feats, method=method, k=K).keep
+        stat[method + "_recall"] = float(np.mean(~keep[is_poison]))
+        stat[method + "_clean_drop"] = float(np.mean(~keep[~is_poison]))
     stat["n_class"] = int(cls.sum())
     stat["n_poisons"] = int(is_poison.sum())
     stat["poison_share"] = float(is_poison.sum() / cls.sum())
@@ -175,8 +179,9 @@ def markdown(rows):
             attacks.append(r["attack"])
     lines = ["| attack | targets | poisons / class | gradient density pct (P / C) | "
              "deep-kNN agreement (P / C) | poisons among same-class neighbours (P / C) | "
-             "agreement outside the poison group (P / C) | distance-to-centre pct (P / C) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "agreement outside the poison group (P / C) | distance-to-centre pct (P / C) | "
+             "one round of groups: recall / clean dropped | deep-knn: recall / clean dropped |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for a in attacks:
         sel = [r for r in rows if r["attack"] == a]
 
@@ -188,7 +193,9 @@ def markdown(rows):
             f"({100 * f('poison_share'):.0f}%) | {f('grad_pct'):.0f} / {f('grad_pct_clean'):.0f} | "
             f"{f('agree'):.2f} / {f('agree_clean'):.2f} | {f('group'):.2f} / {f('group_clean'):.2f} | "
             f"{f('outside'):.2f} / {f('outside_clean'):.2f} | "
-            f"{f('centre_pct'):.0f} / {f('centre_pct_clean'):.0f} |")
+            f"{f('centre_pct'):.0f} / {f('centre_pct_clean'):.0f} | "
+            f"{100 * f('groups_recall'):.0f}% / {100 * f('groups_clean_drop'):.1f}% | "
+            f"{100 * f('deep-knn_recall'):.0f}% / {100 * f('deep-knn_clean_drop'):.1f}% |")
     return "\n".join(lines)
 
 
