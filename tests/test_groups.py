@@ -126,3 +126,23 @@ def test_groups_needs_features():
     from gradscore.errors import GradscoreError
     with pytest.raises(GradscoreError, match="method='groups' needs features"):
         gradscore.score(np.array([0, 1, 0, 1]), np.eye(2)[[0, 1, 0, 1]], method="groups")
+
+
+def test_cli_groups_catches_the_fixtures_feature_collision_poisons(tmp_path):
+    # The shipped fixture: a real digits export with 20 feature-collision
+    # poisons sitting together (13% of their class); deep k-NN finds none.
+    import json
+    import os
+    from click.testing import CliRunner
+    from gradscore_cli.main import main
+    import gradscore
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+    poisons = set(json.load(open(os.path.join(here, "digits_poisons.json")))["poison_ids"])
+    out = tmp_path / "keep.txt"
+    res = CliRunner().invoke(main, ["score", os.path.join(here, "digits_epoch.h5"), "--method",
+                                    "groups", "-o", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    kept = set(gradscore.read_keeplist(str(out)).tolist())
+    assert not poisons & kept
+    n_clean = 1497 - len(poisons)
+    assert n_clean - len(kept) <= 0.05 * n_clean
