@@ -222,7 +222,12 @@ def run_attack(name, args):
     if saved is not None:
         doc["targets"] = saved["targets"]
     known = {s["target"]: s for s in doc["targets"]}
+    if args.only_targets is not None:
+        by_number = {t["target"]: t for t in targets}
+        targets = [by_number[i] for i in args.only_targets if i in by_number]
     for t in targets:
+        # Read again: another process may have finished this target meanwhile.
+        done = done_pairs(results_path)
         todo = [d for d in defences if (t["target"], d.name) not in done]
         if not todo:
             log(f"{name}: target {t['target']} already done, skipped")
@@ -237,6 +242,11 @@ def run_attack(name, args):
             log(f"WARNING {name} target {t['target']}: poisons differ from {tpath} "
                 f"({old['poison_sha']} vs {digest}); nondeterministic crafting?")
         known[t["target"]] = entry
+        if os.path.exists(tpath):
+            # Another process may be working on other targets of this attack.
+            with open(tpath) as fh:
+                for s in json.load(fh)["targets"]:
+                    known.setdefault(s["target"], s)
         doc["targets"] = [known[k] for k in sorted(known)]
         # The poisons' largest share of the class they are labelled as.
         doc["class_share"] = max(e.get("class_share", 0.0) for e in doc["targets"])
@@ -280,6 +290,8 @@ def run_parallel(attacks, args):
         base.append("--quick")
     if args.targets:
         base += ["--targets", str(args.targets)]
+    if args.only_targets:
+        base += ["--only-targets", *map(str, args.only_targets)]
     if args.defences:
         base += ["--defences", *args.defences]
     if args.keep_exports:
@@ -349,6 +361,9 @@ def main(argv=None):
     ap.add_argument("--attacks", nargs="+", choices=C.ALL_ATTACKS, default=None)
     ap.add_argument("--defences", nargs="+", default=None, help="subset of defence names")
     ap.add_argument("--targets", type=int, default=None, help="targets per attack")
+    ap.add_argument("--only-targets", type=int, nargs="+", default=None,
+                    help="of those, run only these target numbers, in this order (to share "
+                         "one attack's targets between processes writing to the same --out)")
     ap.add_argument("--jobs", type=int, default=1, help="attacks run in parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--seed", type=int, default=0)
