@@ -223,7 +223,7 @@ def _replay_merges(ei, ej, rows, loc, labels, ignore, nbr_idx, rev_ptr, rev_src,
 
 
 def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_classes,
-                 ignore=None, rev=None, max_group_fraction=MAX_GROUP_FRACTION):
+                 ignore=None, rev=None, max_group_fraction=MAX_GROUP_FRACTION, max_size=None):
     """Groups of one class judged by the labels around them (one pass).
 
     Parameters
@@ -248,6 +248,8 @@ def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_cla
         ``reverse_graph(nbr_idx)``, when the caller already has it.
     max_group_fraction : float, default=0.5
         Largest group judged, as a fraction of the class.
+    max_size : int, default=None
+        Largest group judged, in members; overrides ``max_group_fraction``.
 
     Returns
     -------
@@ -255,6 +257,8 @@ def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_cla
         Arrays follow ``class_rows``.
     """
     n = class_rows.size
+    if max_size is None:
+        max_size = int(np.floor(max_group_fraction * n))
     class_rows = np.asarray(class_rows, dtype=np.int64)
     if knn_d2 is None:
         ei, ej = knn_idx
@@ -268,7 +272,7 @@ def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_cla
     drop, share, n_judged, n_foreign = _replay_merges(
         ei, ej, class_rows, loc, np.asarray(labels, dtype=np.int64), ignore,
         np.ascontiguousarray(nbr_idx, dtype=np.int64), rev_ptr, rev_src, int(label),
-        int(np.floor(max_group_fraction * n)), int(num_classes))
+        int(max_size), int(num_classes))
     return GroupsResult(drop, share, int(n_judged), int(n_foreign))
 
 
@@ -289,7 +293,11 @@ def foreign_groups(labels, nbr_idx, trees, *, num_classes,
     pass judges every class with the rows accepted so far no longer voting,
     and accepts the foreign groups whose share of their own label is within
     ``accept_margin`` of the lowest share found. The last pass's foreign
-    groups are dropped too.
+    groups are dropped too. Accepted rows also leave their class's count:
+    a group is judged only while it is at most ``max_group_fraction`` of the
+    rows of its class not yet accepted, so once a large group of poisons is
+    accepted, the clean rest of its class (which then *is* the class) is not
+    judged as a group of its own.
 
     Parameters
     ----------
@@ -315,9 +323,10 @@ def foreign_groups(labels, nbr_idx, trees, *, num_classes,
         drop = np.zeros(n, dtype=bool)
         pass_share = np.full(n, np.nan)
         for c, rows, ei, ej in trees:
+            remaining = rows.size - int(accepted[rows].sum())
             res = judge_groups(rows, labels, c, nbr_idx, (ei, ej), None,
                                num_classes=num_classes, ignore=accepted, rev=rev,
-                               max_group_fraction=max_group_fraction)
+                               max_size=int(np.floor(max_group_fraction * remaining)))
             drop[rows] = res.drop
             pass_share[rows] = res.own_share
         new = drop & ~accepted
