@@ -440,7 +440,8 @@ def _foreign_groups(labels, logits, features, nbr_idx, *, k, neighbors, random_s
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         trees = [t for t in (pool.map(one, range(num_classes)) if jobs > 1
                              else map(one, range(num_classes))) if t is not None]
-    return foreign_groups(labels, nbr_idx, trees, num_classes=num_classes)
+    return foreign_groups(labels, nbr_idx, trees, num_classes=num_classes,
+                          features=np.asarray(features, dtype=np.float64))
 
 
 def _canonical_order(logits, features=None):

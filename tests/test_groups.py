@@ -48,7 +48,7 @@ def run_all_classes(x, y, k=20):
         rows = np.flatnonzero(y == c)
         idx, d2 = _class_knn(x[rows], min(k, rows.size - 1))
         trees.append((int(c), rows) + tree_edges(idx, d2)[:2])
-    return foreign_groups(y, nbr, trees, num_classes=3)[0]
+    return foreign_groups(y, nbr, trees, num_classes=3, features=x)[0]
 
 
 def test_finds_the_tight_group_in_another_class():
@@ -146,3 +146,19 @@ def test_cli_groups_catches_the_fixtures_feature_collision_poisons(tmp_path):
     assert not poisons & kept
     n_clean = 1497 - len(poisons)
     assert n_clean - len(kept) <= 0.05 * n_clean
+
+
+def test_a_group_that_is_almost_half_its_class_is_found_and_the_rest_kept():
+    # 30 poisons in a class of 70 (the defence benchmark's digits settings):
+    # the clean 40 must not be judged a foreign group once the poisons are.
+    x, y, is_p = poisoned_blobs(seed=7, n_per=40, group=30, singles=0)
+    rng = np.random.default_rng(7)
+    # Classes 1 and 2 larger, as the target's class is in the benchmark.
+    extra = np.concatenate([6.0 * np.eye(3, x.shape[1])[c] + rng.normal(size=(160, x.shape[1]))
+                            for c in (1, 2)])
+    x = np.concatenate([x, extra])
+    y = np.concatenate([y, np.repeat([1, 2], 160)])
+    is_p = np.concatenate([is_p, np.zeros(320, bool)])
+    r = _score(x, y)
+    assert (~r.keep)[is_p].mean() >= 0.9
+    assert (~r.keep)[~is_p & (y == 0)].mean() <= 0.1

@@ -168,6 +168,7 @@ def _replay_merges(ei, ej, rows, loc, labels, ignore, nbr_idx, rev_ptr, rev_src,
                 votes[i, labels[j]] += 1
     drop = np.zeros(n, np.bool_)
     share = np.full(n, np.nan)
+    isolated = np.full(n, -1, np.int64)
     n_judged = 0
     n_foreign = 0
     for t in range(ei.size):
@@ -210,7 +211,14 @@ def _replay_merges(ei, ej, rows, loc, labels, ignore, nbr_idx, rev_ptr, rev_src,
             total += votes[a, c]
             if c != label and votes[a, c] > best:
                 best = votes[a, c]
-        if own < best and total > 0:
+        if total == 0:
+            # No edge leaves the group (a clump larger than k): the caller
+            # judges it by what lies nearest its centre instead.
+            m = head[a]
+            while m != -1:
+                isolated[m] = t
+                m = nxt[m]
+        elif own < best:
             n_foreign += 1
             s = own / total
             m = head[a]
@@ -219,11 +227,12 @@ def _replay_merges(ei, ej, rows, loc, labels, ignore, nbr_idx, rev_ptr, rev_src,
                 if not s >= share[m]:         # NaN-safe minimum
                     share[m] = s
                 m = nxt[m]
-    return drop, share, n_judged, n_foreign
+    return drop, share, isolated, n_judged, n_foreign
 
 
 def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_classes,
-                 ignore=None, rev=None, max_group_fraction=MAX_GROUP_FRACTION, max_size=None):
+                 features=None, ignore=None, rev=None, max_group_fraction=MAX_GROUP_FRACTION,
+                 max_size=None):
     """Groups of one class judged by the labels around them (one pass).
 
     Parameters
@@ -242,6 +251,11 @@ def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_cla
         squared distances: the graph the merge tree is built on. Or pass
         ``tree_edges``' ``(ei, ej)`` as ``knn_idx`` with ``knn_d2=None``.
     num_classes : int
+    features : ndarray of shape (N, d), default=None
+        Every voter's features. A group with no k-NN edge leaving it (a
+        clump of more than k near-identical rows) is then judged by the k
+        voters nearest its centre that are not members; without features
+        such a clump is kept.
     ignore : ndarray of shape (N,), bool, default=None
         Voters whose votes do not count.
     rev : tuple of ndarray, default=None
@@ -269,10 +283,31 @@ def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_cla
     rev_ptr, rev_src = reverse_graph(nbr_idx) if rev is None else rev
     if ignore is None:
         ignore = np.zeros(labels.size, dtype=bool)
-    drop, share, n_judged, n_foreign = _replay_merges(
+    drop, share, isolated, n_judged, n_foreign = _replay_merges(
         ei, ej, class_rows, loc, np.asarray(labels, dtype=np.int64), ignore,
         np.ascontiguousarray(nbr_idx, dtype=np.int64), rev_ptr, rev_src, int(label),
         int(max_size), int(num_classes))
+    if features is not None:
+        k = nbr_idx.shape[1]
+        for t in np.unique(isolated[isolated >= 0]):
+            mem = class_rows[isolated == t]
+            n_judged += 1
+            centre = features[mem].mean(axis=0)
+            d2 = np.einsum("ij,ij->i", features, features) - 2.0 * (features @ centre)
+            d2[mem] = np.inf
+            d2[ignore] = np.inf
+            kk = min(k, int(np.isfinite(d2).sum()))
+            if kk == 0:
+                continue
+            near = np.argpartition(d2, kk - 1)[:kk]
+            votes = np.bincount(labels[near], minlength=num_classes)
+            own = votes[label]
+            votes[label] = -1
+            if own < votes.max():
+                n_foreign += 1
+                rows = isolated == t
+                drop[rows] = True
+                share[rows] = np.fmin(share[rows], own / kk)
     return GroupsResult(drop, share, int(n_judged), int(n_foreign))
 
 
@@ -281,7 +316,7 @@ def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_cla
 MAX_PASSES, ACCEPT_MARGIN = 6, 0.05
 
 
-def foreign_groups(labels, nbr_idx, trees, *, num_classes,
+def foreign_groups(labels, nbr_idx, trees, *, num_classes, features=None,
                    max_group_fraction=MAX_GROUP_FRACTION, max_passes=MAX_PASSES,
                    accept_margin=ACCEPT_MARGIN):
     """Foreign groups over every class, most foreign first.
@@ -307,6 +342,8 @@ def foreign_groups(labels, nbr_idx, trees, *, num_classes,
     trees : list of (label, rows, ei, ej)
         Per class: its rows (in ``labels``) and its tree edges
         (:func:`tree_edges`, positions in ``rows``).
+    features : ndarray of shape (N, d), default=None
+        For groups no k-NN edge leaves (see :func:`judge_groups`).
 
     Returns
     -------
@@ -325,7 +362,8 @@ def foreign_groups(labels, nbr_idx, trees, *, num_classes,
         for c, rows, ei, ej in trees:
             remaining = rows.size - int(accepted[rows].sum())
             res = judge_groups(rows, labels, c, nbr_idx, (ei, ej), None,
-                               num_classes=num_classes, ignore=accepted, rev=rev,
+                               num_classes=num_classes, features=features,
+                               ignore=accepted, rev=rev,
                                max_size=int(np.floor(max_group_fraction * remaining)))
             drop[rows] = res.drop
             pass_share[rows] = res.own_share
