@@ -123,10 +123,14 @@ def summarise(out):
     for attack in [a for a in ATTACK_ORDER if a in by_attack] + \
             sorted(set(by_attack) - set(ATTACK_ORDER)):
         rs = by_attack[attack]
-        defs = [d for d in DEFENCE_ORDER if any(r["defence"] == d for r in rs)]
         per_t = {}
         for r in rs:
             per_t.setdefault(r["target"], {})[r["defence"]] = r
+        # A defence run on fewer than half the targets (say, added to a few
+        # only) is left out rather than shrinking every defence's sample.
+        cover = {d: sum(d in x for x in per_t.values()) for d in DEFENCE_ORDER}
+        defs = [d for d in DEFENCE_ORDER if cover[d] and 2 * cover[d] >= len(per_t)]
+        left_out = [d for d in DEFENCE_ORDER if cover[d] and d not in defs]
         complete = sorted(t for t, d in per_t.items() if all(x in d for x in defs))
         table = {}
         for d in defs:
@@ -150,7 +154,7 @@ def summarise(out):
                 entry["sign_p"] = sign_test(entry["fixed"], entry["broke"])
             table[d] = entry
         out["attacks"][attack] = dict(n_targets=len(complete), defences=table,
-                                      verdict=verdict(table))
+                                      verdict=verdict(table), left_out=left_out)
     return out
 
 
@@ -198,6 +202,9 @@ def markdown_table(summary):
     lines = []
     for attack, a in summary["attacks"].items():
         lines.append(f"\n### {attack} ({a['n_targets']} targets)\n")
+        if a.get("left_out"):
+            lines.append(f"(Run on fewer than half the targets, so not shown: "
+                         f"{', '.join(a['left_out'])}.)\n")
         lines.append("| defence | ASR | vs none: better / worse (p) | clean acc % | "
                      "poison recall % | clean dropped % | defence s |")
         lines.append("|---|---|---|---|---|---|---|")
