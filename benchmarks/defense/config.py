@@ -56,7 +56,7 @@ ATTACKS["feature-collision-10pct"] = dict(ATTACKS["feature-collision"], kind="fe
                                           dataset="digits-aug", n_poisons=60)
 ATTACKS["bullseye-polytope-10pct"] = dict(
     ATTACKS["bullseye-polytope"], kind="bullseye-polytope", dataset="digits-aug", n_poisons=60,
-    victim=VictimConfig(mode="transfer", lr=1e-2, cache_features=True))
+    victim=VictimConfig(mode="transfer", lr=1e-2, cache_features=True), target_draw=12)
 ATTACKS["backdoor-10pct"] = dict(ATTACKS["backdoor"], kind="backdoor", dataset="digits-aug",
                                  n_poisons=60)
 
