@@ -476,9 +476,10 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
         "",
         "To reproduce everything from scratch: `python -m benchmarks.defense.run --jobs 2` "
         "(the five original attack settings), "
-        "`python -m benchmarks.defense.run --attacks feature-collision-10pct "
-        "bullseye-polytope-10pct backdoor-10pct --out benchmarks/out/defense-10pct` "
-        "(the realistic settings, poisons at most 10% of their class), then "
+        "`python -m benchmarks.defense.run --attacks bullseye-polytope-10pct --targets 12 "
+        "--defences none epic-0.1 epic-0.2 epic-0.3 groups deep-knn spectral art-activation "
+        "art-spectral --out benchmarks/out/defense-10pct` "
+        "(the realistic setting, poisons at most 10% of their class), then "
         "`python -m benchmarks.defense.isolation`, `python -m benchmarks.defense.separation` "
         "and `python -m benchmarks.defense.report --out benchmarks/out/defense "
         "benchmarks/out/defense-10pct`. "
