@@ -273,8 +273,15 @@ def run_attack(name, args):
             f"craft {craft_s:.1f}s, all defences {time.perf_counter() - t0:.1f}s; "
             f"undefended success={none[0]['success'] if none else 'n/a'}")
         if not args.keep_exports:
+            # Only this run's defences: another process may be exporting other
+            # defences of the same target (--only-targets, --defences).
             import shutil
-            shutil.rmtree(workdir, ignore_errors=True)
+            for d in todo:
+                shutil.rmtree(os.path.join(workdir, d.name), ignore_errors=True)
+            try:
+                os.rmdir(workdir)
+            except OSError:
+                pass
     return name
 
 
