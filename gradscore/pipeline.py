@@ -23,12 +23,13 @@ from .gradients import DenseGradients
 from .selection import (apply_cap, drop_by_fraction, drop_by_robust_threshold,
                         epic_dense, epic_sparse, limit_drops, medoid_budgets)
 from .selection.feature_space import deep_knn_agreement, spectral_scores
+from .selection.groups import foreign_groups, tree_edges
 
-METHODS = ("epic", "knn-density", "deep-knn", "spectral")
+METHODS = ("epic", "knn-density", "deep-knn", "spectral", "groups")
 #: How a previous keep-list combines with this round (see :func:`score`).
 CUMULATIVE_RULES = ("intersect", "survivors")
 #: Methods that compare examples by their penultimate features, not gradients.
-FEATURE_METHODS = ("deep-knn", "spectral")
+FEATURE_METHODS = ("deep-knn", "spectral", "groups")
 
 #: Classes up to this size run EPIC on the dense kernel (exact reference
 #: semantics; n^2 * 8 bytes, 200 MB at 5,000); larger ones on the k-NN
@@ -80,7 +81,10 @@ class ScoreResult:
     scores : ndarray of shape (n_samples,), float64
         Typicality, higher = more typical: k-NN density in gradient space
         for ``epic`` and ``knn-density``, neighbour label agreement for
-        ``deep-knn``, minus the spectral outlier score for ``spectral``. NaN
+        ``deep-knn`` (for ``groups``: among voters outside dropped groups,
+        and for a dropped group's members at most the share of their label
+        around the group), minus the spectral outlier score for
+        ``spectral``. NaN
         for examples not scored (dropped before, or alone in their class).
     cluster_size : ndarray of shape (n_samples,), int64
         Size of the EPIC cluster each example joined; -1 where EPIC did not
@@ -135,7 +139,7 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         The final layer's pre-softmax outputs (float16/32/64).
     features : array-like of shape (n_samples, n_features), default=None
         Input of the final linear layer; needed for ``gradient="last-layer"``.
-    method : {"epic", "knn-density", "deep-knn", "spectral"}, default="epic"
+    method : {"epic", "knn-density", "deep-knn", "spectral", "groups"}, default="epic"
         ``"epic"``: drop members of EPIC clusters of size <=
         ``cluster_threshold``. ``"knn-density"``: drop the least dense, by
         ``drop_fraction`` or else a robust per-class threshold.
@@ -144,6 +148,14 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         over all classes. ``"spectral"`` (needs ``features``): spectral
         signatures per class, dropping by ``drop_fraction`` or the robust
         threshold. See :mod:`gradscore.selection.feature_space`.
+        ``"groups"`` (needs ``features``): per class, tight groups set
+        apart from the rest of their class (single linkage over the class's
+        k-NN graph in feature space) are dropped whole when the ``k``
+        examples nearest their centre outside the group mostly carry
+        another label; then deep-kNN's rule for single examples, with the
+        dropped groups no longer voting. Catches clean-label poisons that
+        sit together as well as lone dirty-label ones. See
+        :mod:`gradscore.selection.groups`.
     gradient : {"logits", "last-layer"}, default="logits"
         Which closed-form gradient to compare examples by.
     fraction : float, default=0.2
@@ -334,7 +346,7 @@ def _score_class(c, rows_all, rows, was_kept, *, labels, logits, features, metho
             messages.append(f"class {c} has {rows.size} example to score; it is kept unscored")
         return report, rows, None, None, None, None, messages
     csize = None
-    if method == "deep-knn":
+    if method in ("deep-knn", "groups"):
         report.k_used, report.neighbors = k_all, used
         s = agreement[rows]
         d = deep_drop[rows]
@@ -404,6 +416,34 @@ def _score_class(c, rows_all, rows, was_kept, *, labels, logits, features, metho
     return report, rows, s, csize, flagged, new, messages
 
 
+def _foreign_groups(labels, logits, features, nbr_idx, *, k, neighbors, random_state,
+                    num_classes, n_jobs):
+    """The ``groups`` method's group pass over every class.
+
+    ``nbr_idx`` is every row's k-NN list in feature space over all classes.
+    Returns ``(drop, own_share)`` over the given rows: members of groups
+    judged foreign to their label, and the lowest share of their own label
+    around such a group (NaN for rows in no dropped group).
+    """
+    def one(c):
+        rows = np.flatnonzero(labels == c)
+        if rows.size < 3:
+            return None
+        # Canonical order, as for EPIC: permuting the input permutes the result.
+        rows = rows[_canonical_order(logits[rows], features[rows])]
+        k_c = min(k, rows.size - 1)
+        idx, d2, _ = nb.kneighbors(DenseGradients(features[rows]), k_c, backend=neighbors,
+                                   random_state=random_state)
+        return (c, rows) + tree_edges(idx, d2)[:2]
+
+    jobs = _n_threads(n_jobs, num_classes)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        trees = [t for t in (pool.map(one, range(num_classes)) if jobs > 1
+                             else map(one, range(num_classes))) if t is not None]
+    return foreign_groups(labels, nbr_idx, trees, num_classes=num_classes,
+                          features=np.asarray(features, dtype=np.float64))
+
+
 def _canonical_order(logits, features=None):
     """Order rows by content: lexicographic for narrow rows, else by a fixed
     random projection (ties there mean equal rows, or practically so)."""
@@ -438,7 +478,7 @@ def _score(labels, logits, features, params, *, active=None, progress=False, n_j
         # The medoid budget is global (int(fraction * N)), split over classes.
         budgets = medoid_budgets(np.bincount(labels[scored], minlength=num_classes),
                                  params["fraction"], random_state=random_state)
-    elif method == "deep-knn":
+    elif method in ("deep-knn", "groups"):
         # Deep k-NN looks across classes: one neighbour search over everything.
         act = np.flatnonzero(scored)
         k_all = min(k, act.size - 1)
@@ -448,7 +488,16 @@ def _score(labels, logits, features, params, *, active=None, progress=False, n_j
         if k_all >= 1:
             idx, _, used = nb.kneighbors(DenseGradients(features[act]), k_all,
                                          backend=neighbors, random_state=random_state)
-            agreement[act], deep_drop[act] = deep_knn_agreement(labels[act], idx, num_classes)
+            group_drop = share = None
+            if method == "groups":
+                group_drop, share = _foreign_groups(
+                    labels[act], logits[act], features[act], idx, k=k, neighbors=neighbors,
+                    random_state=random_state, num_classes=num_classes, n_jobs=n_jobs)
+            agreement[act], deep_drop[act] = deep_knn_agreement(labels[act], idx, num_classes,
+                                                                ignore=group_drop)
+            if group_drop is not None:
+                agreement[act] = np.fmin(agreement[act], share)
+                deep_drop[act] |= group_drop
         ctx.update(agreement=agreement, deep_drop=deep_drop, k_all=k_all, used=used)
 
     def one(c):

@@ -69,3 +69,18 @@ def test_quick_mode_produces_every_metric_for_every_defence(tmp_path):
     assert run.main(["--quick", "--out", str(out), "--no-docs"]) == 0
     assert (out / "results_backdoor.jsonl").read_text() == before
     assert os.path.exists(out / "summary.json")
+
+    # Skipping is per (target, defence): remove one defence's rows and ask for
+    # it alone; only its rows come back, and they are the same as before.
+    lines = before.splitlines()
+    kept = [ln for ln in lines if json.loads(ln)["defence"] != "groups"]
+    removed = [json.loads(ln) for ln in lines if json.loads(ln)["defence"] == "groups"]
+    assert removed
+    (out / "results_backdoor.jsonl").write_text("\n".join(kept) + "\n")
+    assert run.main(["--quick", "--out", str(out), "--no-docs", "--defences", "groups"]) == 0
+    after = [json.loads(ln) for ln in (out / "results_backdoor.jsonl").read_text().splitlines()]
+    assert len(after) == len(lines)
+    again = sorted((r for r in after if r["defence"] == "groups"), key=lambda r: r["target"])
+    for a, b in zip(again, sorted(removed, key=lambda r: r["target"])):
+        for m in ("success", "clean_acc", "poison_recall", "clean_dropped", "n_dropped"):
+            assert a[m] == b[m], (m, a[m], b[m])

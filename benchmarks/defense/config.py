@@ -48,8 +48,23 @@ ATTACKS = {
 ATTACKS["gradient-matching-35"] = dict(ATTACKS["gradient-matching"],
                                        kind="gradient-matching", n_poisons=35)
 
+# The realistic settings (issue 11): digits shift-augmented 9x (about 650
+# training examples per class, see data.load_digits_aug_splits), 60 poisons,
+# at most 10% of any class (the smallest class has 626 examples), the share
+# of the paper's CIFAR-10 setting (500 of 5,000).
+ATTACKS["feature-collision-10pct"] = dict(ATTACKS["feature-collision"], kind="feature-collision",
+                                          dataset="digits-aug", n_poisons=60)
+ATTACKS["bullseye-polytope-10pct"] = dict(
+    ATTACKS["bullseye-polytope"], kind="bullseye-polytope", dataset="digits-aug", n_poisons=60,
+    victim=VictimConfig(mode="transfer", lr=1e-2, cache_features=True), target_draw=12)
+ATTACKS["backdoor-10pct"] = dict(ATTACKS["backdoor"], kind="backdoor", dataset="digits-aug",
+                                 n_poisons=60)
+
 ATTACK_ORDER = ["backdoor", "gradient-matching", "gradient-matching-35", "bullseye-polytope",
                 "feature-collision"]
+#: Settings where the poisons are at most 10% of their class.
+REALISTIC = ["feature-collision-10pct", "bullseye-polytope-10pct", "backdoor-10pct"]
+ALL_ATTACKS = ATTACK_ORDER + REALISTIC
 #: Slowest first, so that two parallel jobs finish about together.
 RUN_ORDER = ["feature-collision", "gradient-matching", "bullseye-polytope", "backdoor",
              "gradient-matching-35"]

@@ -73,9 +73,47 @@ def load_mnist1d_splits(seed=0, num_samples=6000, fractions=(0.4, 0.4, 0.2)):
     return Splits("mnist1d", x[pre], y[pre], x[tr], y[tr], x[te], y[te], 10, (0.0, 1.0))
 
 
+def shift_augment(x, y, shifts):
+    """Every image with copies shifted by each ``(dy, dx)`` in ``shifts`` (zero fill).
+
+    Returns the originals first, then one block per shift, so row ``i`` of
+    the input stays row ``i``.
+    """
+    out_x, out_y = [x], [y]
+    h, w = x.shape[-2:]
+    for dy, dx in shifts:
+        z = np.zeros_like(x)
+        z[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        out_x.append(z)
+        out_y.append(y)
+    return np.concatenate(out_x), np.concatenate(out_y)
+
+
+#: One-pixel shifts in the 8 directions: with the originals, 9 copies.
+SHIFTS_8 = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def load_digits_aug_splits(seed=0, fractions=(0.4, 0.4, 0.2), shifts=SHIFTS_8):
+    """Digits with the pre-training and victim-training splits shift-augmented.
+
+    The same three disjoint splits of the 1797 images as ``digits``; the
+    pre-training and training parts are enlarged 9x by one-pixel shifts
+    (about 650 examples per class to train on, 6471 in all), so that a
+    poison budget of 10% of a class is about 65 images. Test images stay
+    as they are.
+    """
+    base = load_digits_splits(seed, fractions)
+    xp, yp = shift_augment(base.x_pre, base.y_pre, shifts)
+    xt, yt = shift_augment(base.x_train, base.y_train, shifts)
+    return Splits("digits-aug", xp, yp, xt, yt, base.x_test, base.y_test, 10, (0.0, 1.0))
+
+
 def load(name, seed=0):
     if name == "digits":
         return load_digits_splits(seed)
+    if name == "digits-aug":
+        return load_digits_aug_splits(seed)
     if name == "mnist1d":
         return load_mnist1d_splits(seed)
-    raise ValueError(f"unknown dataset {name!r}; use 'digits' or 'mnist1d'")
+    raise ValueError(f"unknown dataset {name!r}; use 'digits', 'digits-aug' or 'mnist1d'")

@@ -58,11 +58,15 @@ def make_optimizer(model, lr, weight_decay=5e-4):
 
 
 def train_epochs(model, x, y, *, epochs, lr, batch_size, device, seed, optimizer=None,
-                 rows=None, first_epoch=0):
+                 rows=None, first_epoch=0, frozen_features=False):
     """Minibatch training (Adam) on ``rows`` of (x, y); returns the optimizer.
 
     The shuffle of epoch ``e`` is seeded by ``(seed, e)`` alone, so a run that
     branches off another at some epoch sees the same batches as it would have.
+    ``frozen_features=True`` (a transfer victim, whose feature extractor does
+    not train) computes the features once and trains the head on them: the
+    same batches and updates, without a forward pass of the extractor per
+    batch (the networks have no dropout or batch norm).
     """
     torch = _torch()
     model.to(device)
@@ -72,6 +76,12 @@ def train_epochs(model, x, y, *, epochs, lr, batch_size, device, seed, optimizer
         rows = np.arange(len(x))
     xt = torch.as_tensor(x[rows], dtype=torch.float32, device=device)
     yt = torch.as_tensor(y[rows], dtype=torch.long, device=device)
+    net = model
+    if frozen_features:
+        model.eval()
+        with torch.no_grad():
+            xt = torch.cat([model.features(xt[s:s + 1024]) for s in range(0, len(xt), 1024)])
+        net = model.head
     loss_fn = torch.nn.CrossEntropyLoss()
     n = xt.shape[0]
     for e in range(first_epoch, first_epoch + epochs):
@@ -81,7 +91,7 @@ def train_epochs(model, x, y, *, epochs, lr, batch_size, device, seed, optimizer
         for s in range(0, n, batch_size):
             b = perm[s:s + batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(xt[b]), yt[b]).backward()
+            loss_fn(net(xt[b]), yt[b]).backward()
             optimizer.step()
     return optimizer
 

@@ -1,9 +1,10 @@
 """Summaries, the markdown table, the ASR-vs-accuracy figure and the docs page.
 
 Run on its own to rebuild the docs from whatever results exist (a cut-off
-run included)::
+run included); several output folders (say, the five original settings in
+one and the realistic ones in another) merge into one page::
 
-    python -m benchmarks.defense.report [--out benchmarks/out/defense]
+    python -m benchmarks.defense.report [--out benchmarks/out/defense [OTHER_OUT ...]]
 """
 
 import argparse
@@ -18,12 +19,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 DEFENCE_ORDER = ["none", "epic-0.1", "epic-0.2", "epic-0.3", "knn-density",
-                 "epic-0.2-last-layer", "deep-knn", "spectral", "random-30%", "art-activation",
-                 "art-spectral"]
+                 "epic-0.2-last-layer", "deep-knn", "groups", "spectral", "random-30%",
+                 "art-activation", "art-spectral"]
 ATTACK_ORDER = ["backdoor", "gradient-matching", "gradient-matching-35", "bullseye-polytope",
-                "feature-collision"]
+                "feature-collision", "backdoor-10pct", "bullseye-polytope-10pct",
+                "feature-collision-10pct"]
 PAPER = {"epic-0.1", "epic-0.2", "epic-0.3"}
-GRADSCORE_OTHER = {"knn-density", "epic-0.2-last-layer", "deep-knn", "spectral"}
+GRADSCORE_OTHER = {"knn-density", "epic-0.2-last-layer", "deep-knn", "spectral", "groups"}
+#: The new method of issue 11 and the peers it is held against.
+NEW_METHOD = "groups"
+PEERS = ["epic-0.1", "epic-0.2", "epic-0.3", "deep-knn", "spectral", "art-activation",
+         "art-spectral"]
+#: Issue 11's targets: where the undefended ASR is at least this ...
+TARGET_SUCCESS_ASR = 0.3
+#: ... the new method's clean data dropped and clean-accuracy loss (points) at most ...
+TARGET_CLEAN_DROP, TARGET_ACC_LOSS = 0.05, 0.01
+#: ... and its poison recall at least this (backdoor and two clean-label attacks).
+TARGET_RECALL = 0.9
 
 #: An attack "succeeds undefended" when its undefended ASR is at least this.
 SUCCESS_ASR = 0.2
@@ -60,13 +72,34 @@ def wilson(k, n, z=1.96):
     return (max(0.0, c - h), min(1.0, c + h))
 
 
+def _outs(out):
+    return [out] if isinstance(out, str) else list(out)
+
+
 def load_results(out):
-    """Every row of ``<out>/results_*.jsonl`` (one file per attack)."""
+    """Every row of ``<out>/results_*.jsonl`` (one file per attack); ``out``
+    may be a list of folders."""
     import glob
     rows = []
-    for p in sorted(glob.glob(os.path.join(out, "results_*.jsonl"))):
-        rows += load_rows(p)
+    for o in _outs(out):
+        for p in sorted(glob.glob(os.path.join(o, "results_*.jsonl"))):
+            rows += load_rows(p)
     return rows
+
+
+def load_meta(out):
+    """``run_meta.json`` of every folder in ``out``, runs concatenated."""
+    runs, machine = [], {}
+    for o in _outs(out):
+        p = os.path.join(o, "run_meta.json")
+        if not os.path.exists(p):
+            runs.append(dict(command=f"(run into {o} cut off before it finished)", started="?",
+                             finished="?", wall_seconds=float("nan")))
+            continue
+        m = json.load(open(p))
+        runs += m.get("runs", [m])
+        machine = m.get("machine", machine)
+    return dict(runs=runs, machine=machine)
 
 
 def sign_test(a, b):
@@ -90,10 +123,14 @@ def summarise(out):
     for attack in [a for a in ATTACK_ORDER if a in by_attack] + \
             sorted(set(by_attack) - set(ATTACK_ORDER)):
         rs = by_attack[attack]
-        defs = [d for d in DEFENCE_ORDER if any(r["defence"] == d for r in rs)]
         per_t = {}
         for r in rs:
             per_t.setdefault(r["target"], {})[r["defence"]] = r
+        # A defence run on fewer than half the targets (say, added to a few
+        # only) is left out rather than shrinking every defence's sample.
+        cover = {d: sum(d in x for x in per_t.values()) for d in DEFENCE_ORDER}
+        defs = [d for d in DEFENCE_ORDER if cover[d] and 2 * cover[d] >= len(per_t)]
+        left_out = [d for d in DEFENCE_ORDER if cover[d] and d not in defs]
         complete = sorted(t for t, d in per_t.items() if all(x in d for x in defs))
         table = {}
         for d in defs:
@@ -117,7 +154,7 @@ def summarise(out):
                 entry["sign_p"] = sign_test(entry["fixed"], entry["broke"])
             table[d] = entry
         out["attacks"][attack] = dict(n_targets=len(complete), defences=table,
-                                      verdict=verdict(table))
+                                      verdict=verdict(table), left_out=left_out)
     return out
 
 
@@ -165,6 +202,9 @@ def markdown_table(summary):
     lines = []
     for attack, a in summary["attacks"].items():
         lines.append(f"\n### {attack} ({a['n_targets']} targets)\n")
+        if a.get("left_out"):
+            lines.append(f"(Run on fewer than half the targets, so not shown: "
+                         f"{', '.join(a['left_out'])}.)\n")
         lines.append("| defence | ASR | vs none: better / worse (p) | clean acc % | "
                      "poison recall % | clean dropped % | defence s |")
         lines.append("|---|---|---|---|---|---|---|")
@@ -235,11 +275,42 @@ def verdict_lines(summary):
     return "\n".join(out)
 
 
+def target_lines(summary):
+    """Issue 11's targets for the new method, checked per attack setting."""
+    head = ("| attack | undefended ASR | groups ASR | best peer (ASR) | groups ASR <= best "
+            "peer | clean dropped | acc. loss (points) | poison recall | all targets met |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for attack, a in summary["attacks"].items():
+        t = a["defences"]
+        if NEW_METHOD not in t or "none" not in t:
+            continue
+        none, g = t["none"], t[NEW_METHOD]
+        und = none["asr"]["mean"]
+        peers = [d for d in PEERS if d in t]
+        best = min(peers, key=lambda d: (t[d]["asr"]["mean"], -t[d]["clean_acc"]["mean"])) \
+            if peers else None
+        if und < TARGET_SUCCESS_ASR:
+            lines.append(f"| {attack} | {100 * und:.0f}% | {100 * g['asr']['mean']:.0f}% | "
+                         f"– | – | {100 * g['clean_dropped']['mean']:.1f}% | – | "
+                         f"{100 * g['poison_recall']['mean']:.0f}% | (below "
+                         f"{100 * TARGET_SUCCESS_ASR:.0f}% undefended: no target) |")
+            continue
+        le = best is None or g["asr"]["mean"] <= t[best]["asr"]["mean"] + 1e-12
+        drop = g["clean_dropped"]["mean"]
+        loss = none["clean_acc"]["mean"] - g["clean_acc"]["mean"]
+        ok = le and drop <= TARGET_CLEAN_DROP and loss <= TARGET_ACC_LOSS
+        bcell = f"{best} ({100 * t[best]['asr']['mean']:.0f}%)" if best else "–"
+        lines.append(f"| {attack} | {100 * und:.0f}% | {100 * g['asr']['mean']:.0f}% | {bcell} | "
+                     f"{'yes' if le else '**no**'} | {100 * drop:.1f}% | {100 * loss:+.1f} | "
+                     f"{100 * g['poison_recall']['mean']:.0f}% | {'yes' if ok else '**no**'} |")
+    return "\n".join(lines)
+
+
 COLORS = {"none": "black", "epic-0.1": "#9ecae1", "epic-0.2": "#4292c6", "epic-0.3": "#08519c",
-          "knn-density": "#31a354", "epic-0.2-last-layer": "#756bb1", "deep-knn": "#e6550d",
+          "knn-density": "#31a354", "epic-0.2-last-layer": "#756bb1", "deep-knn": "#e6550d", "groups": "#e7298a",
           "spectral": "#fdae6b", "random-30%": "#969696", "art-activation": "#de2d26", "art-spectral": "#fb6a4a"}
 MARKERS = {"none": "X", "epic-0.1": "o", "epic-0.2": "o", "epic-0.3": "o", "knn-density": "s",
-           "epic-0.2-last-layer": "D", "deep-knn": "^", "spectral": "v",
+           "epic-0.2-last-layer": "D", "deep-knn": "^", "groups": "p", "spectral": "v",
            "random-30%": "h", "art-activation": "P", "art-spectral": "*"}
 
 
@@ -308,7 +379,9 @@ def _settings_lines(targets_dir):
                            for k, x in d["params"].items())
         lines.append(
             f"| {attack} | ART `{d['art']}` | {d['dataset']} ({d['n_train']} train) | "
-            f"{d['n_poisons']} ({100 * d['poison_fraction']:.1f}%) | {params or '–'} | "
+            f"{d['n_poisons']} ({100 * d['poison_fraction']:.1f}%"
+            + (f"; {100 * d['class_share']:.0f}% of their class" if "class_share" in d else "")
+            + f") | {params or '–'} | "
             f"{v['mode']}, {v['epochs']} ep, Adam lr {v['lr']}, drops at "
             f"{', '.join(str(e) for e in _drop_epochs(v))} |")
     return lines
@@ -319,12 +392,44 @@ def _drop_epochs(v):
             if (e - v["drop_after"]) % v["freq"] == 0]
 
 
+def _json_rows(out, name):
+    rows = []
+    for o in _outs(out):
+        p = os.path.join(o, name)
+        if os.path.exists(p):
+            rows += json.load(open(p))
+    return rows
+
+
+def _separation_section(out):
+    rows = _json_rows(out, "separation.json")
+    if not rows:
+        return []
+    from .separation import markdown
+    return [
+        "## What separates poisons from clean data",
+        "",
+        "From `python -m benchmarks.defense.separation`: the victim at the end of warm-up "
+        "(the first drop), poisons (P) against the clean examples of the poisons' labelled "
+        "class (C), means over targets. Density percentile: k-NN density (k=20) in logit-"
+        "gradient space within the class (0 = most isolated; EPIC's signal). deep-kNN "
+        "agreement: share of the 20 nearest neighbours in feature space (all classes) with "
+        "the same label. Poisons among same-class neighbours: how much the poisons form a "
+        "group of their own. Agreement outside the group: the same share over the 20 nearest "
+        "examples that are not poisons (what surrounds the group; for clean examples, "
+        "deep-kNN agreement). Distance-to-centre percentile: distance to the class's feature "
+        "centroid (100 = farthest).",
+        "",
+        markdown(rows),
+        "",
+    ]
+
+
 def _isolation_section(out):
-    p = os.path.join(out, "isolation.json")
-    if not os.path.exists(p):
+    rows = _json_rows(out, "isolation.json")
+    if not rows:
         return []
     from .isolation import markdown
-    rows = json.load(open(p))
     n = {}
     for r in rows:
         n.setdefault(r["attack"], set()).add(r["target"])
@@ -370,8 +475,14 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
         *run_lines,
         "",
         "To reproduce everything from scratch: `python -m benchmarks.defense.run --jobs 2` "
-        "(all five attack settings, about 25 min here), then "
-        "`python -m benchmarks.defense.isolation` and `python -m benchmarks.defense.report`. "
+        "(the five original attack settings), "
+        "`python -m benchmarks.defense.run --attacks bullseye-polytope-10pct --targets 12 "
+        "--defences none epic-0.1 epic-0.2 epic-0.3 groups deep-knn spectral art-activation "
+        "art-spectral --out benchmarks/out/defense-10pct` "
+        "(the realistic setting, poisons at most 10% of their class), then "
+        "`python -m benchmarks.defense.isolation`, `python -m benchmarks.defense.separation` "
+        "and `python -m benchmarks.defense.report --out benchmarks/out/defense "
+        "benchmarks/out/defense-10pct`. "
         "Smoke test: `python -m benchmarks.defense.run --quick` (2 backdoor targets, 6 epochs). "
         "Add `--device cuda` to run on a GPU.",
         "",
@@ -406,6 +517,19 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
         "",
         *_isolation_section(out),
         "",
+        "## Issue 11's targets for the `groups` method (computed)",
+        "",
+        f"On every setting whose undefended ASR is at least {100 * TARGET_SUCCESS_ASR:.0f}%: "
+        "`groups`' ASR no higher than the best peer's (EPIC 0.1/0.2/0.3, deep-knn, spectral, "
+        f"ART ActivationDefence and SpectralSignatureDefense), at most "
+        f"{100 * TARGET_CLEAN_DROP:.0f}% of clean data dropped and at most "
+        f"{100 * TARGET_ACC_LOSS:.0f} point of clean accuracy lost against no defence; poison "
+        f"recall at least {100 * TARGET_RECALL:.0f}% on the backdoor and two clean-label "
+        "attacks.",
+        "",
+        target_lines(summary),
+        "",
+        *_separation_section(out),
         "## Verdicts (computed)",
         "",
         f"An attack counts as succeeding undefended when its undefended ASR is at least "
@@ -426,20 +550,14 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "out", "defense"))
+    ap.add_argument("--out", nargs="+", default=[os.path.join(REPO, "benchmarks", "out", "defense")],
+                    help="one or more output folders of run.py; their results are merged")
     ap.add_argument("--targets-dir", default=os.path.join(HERE, "targets"))
     ap.add_argument("--docs-dir", default=None)
     args = ap.parse_args(argv)
     summary = summarise(args.out)
-    with open(os.path.join(args.out, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=1)
-    meta_p = os.path.join(args.out, "run_meta.json")
-    if os.path.exists(meta_p):
-        meta = json.load(open(meta_p))
-    else:
-        meta = dict(runs=[dict(command="(run cut off before it finished)", started="?",
-                               finished="?", wall_seconds=float("nan"))], machine={})
     print(markdown_table(summary))
+    meta = load_meta(args.out)
     write_docs(args.out, summary, meta, targets_dir=args.targets_dir, docs_dir=args.docs_dir)
     return 0
 

@@ -8,7 +8,9 @@ Usage::
 
 Every (attack, target, defence) result is appended to
 ``<out>/results_<attack>.jsonl`` as soon as it is measured, so a run that is cut off
-still leaves its data, and a rerun skips the targets already done.
+still leaves its data, and a rerun skips the (target, defence) pairs already
+done: ``--defences NAME`` adds one defence's rows to existing results without
+re-running the others.
 Targets and poison indices are fixed by seed and written to
 ``<targets-dir>/<attack>.json``; a later run re-crafts the same poisons and
 checks their hash against that file.
@@ -73,7 +75,10 @@ def choose_targets(name, splits, pretrained, n, seed, device):
     ok = np.flatnonzero(logits.argmax(1) == splits.y_test)
     # Draw the full run's targets and take the first n, so that a shorter run
     # (--targets n) scores a prefix of the full run's targets.
-    rows = rng.choice(ok, size=max(n, C.FULL["n_targets"]), replace=False)[:n]
+    # A setting may fix its own draw size ("target_draw"): the realistic
+    # settings were run with 12 targets, drawn before this rule.
+    draw = C.ATTACKS[name].get("target_draw", C.FULL["n_targets"])
+    rows = rng.choice(ok, size=max(n, draw), replace=False)[:n]
     out = []
     for i, r in enumerate(rows):
         lg = logits[r].copy()
@@ -139,21 +144,14 @@ def target_eval_set(name, splits, t):
     return dict(kind="targeted", x=splits.x_test[r:r + 1], adv=t["adv"])
 
 
-def prune_incomplete(results_path, n_defences):
-    """Targets already done; rows of targets a killed run left half done are removed."""
-    rows = report.load_rows(results_path)
-    seen = {}
-    for r in rows:
-        seen.setdefault(r["target"], set()).add(r["defence"])
-    done = {t for t, d in seen.items() if len(d) >= n_defences}
-    if len(done) < len(seen):
-        tmp = results_path + ".tmp"
-        with open(tmp, "w") as fh:
-            for r in rows:
-                if r["target"] in done:
-                    fh.write(json.dumps(r) + "\n")
-        os.replace(tmp, results_path)
-    return done
+def done_pairs(results_path):
+    """(target, defence) pairs already measured in ``results_path``.
+
+    Rows are appended one per (target, defence) as soon as measured, so a
+    run that was cut off leaves only whole rows; a later run measures the
+    missing pairs, and a run with a new defence adds only its rows.
+    """
+    return {(r["target"], r["defence"]) for r in report.load_rows(results_path)}
 
 
 def warm_up_jit():
@@ -219,7 +217,7 @@ def run_attack(name, args):
                                  "seed or data changed")
     warm_up_jit()
     results_path = os.path.join(out, f"results_{name}.jsonl")
-    skip = prune_incomplete(results_path, len(defences))
+    done = done_pairs(results_path)
     doc = dict(attack=name, art=cfg["art"], dataset=cfg["dataset"], seed=args.seed,
                n_train=int(len(splits.x_train)), n_poisons=cfg["n_poisons"],
                poison_fraction=budget, params={k: v for k, v in cfg["params"].items()},
@@ -227,20 +225,34 @@ def run_attack(name, args):
     if saved is not None:
         doc["targets"] = saved["targets"]
     known = {s["target"]: s for s in doc["targets"]}
+    if args.only_targets is not None:
+        by_number = {t["target"]: t for t in targets}
+        targets = [by_number[i] for i in args.only_targets if i in by_number]
     for t in targets:
-        if t["target"] in skip:
+        # Read again: another process may have finished this target meanwhile.
+        done = done_pairs(results_path)
+        todo = [d for d in defences if (t["target"], d.name) not in done]
+        if not todo:
             log(f"{name}: target {t['target']} already done, skipped")
             continue
         t0 = time.perf_counter()
         xp, yp, idx, craft_s = load_or_craft(name, cfg, splits, pretrained, t, args.device, out)
         digest = poison_digest(xp, yp, idx)
-        entry = dict(t, poison_idx=[int(i) for i in idx], poison_sha=digest)
+        entry = dict(t, poison_idx=[int(i) for i in idx], poison_sha=digest,
+                     class_share=float(len(idx) / np.sum(yp == t["adv"])))
         old = known.get(t["target"])
         if old is not None and old.get("poison_sha") not in (None, digest):
             log(f"WARNING {name} target {t['target']}: poisons differ from {tpath} "
                 f"({old['poison_sha']} vs {digest}); nondeterministic crafting?")
         known[t["target"]] = entry
+        if os.path.exists(tpath):
+            # Another process may be working on other targets of this attack.
+            with open(tpath) as fh:
+                for s in json.load(fh)["targets"]:
+                    known.setdefault(s["target"], s)
         doc["targets"] = [known[k] for k in sorted(known)]
+        # The poisons' largest share of the class they are labelled as.
+        doc["class_share"] = max(e.get("class_share", 0.0) for e in doc["targets"])
         with open(tpath + ".tmp", "w") as fh:
             json.dump(doc, fh, indent=1)
         os.replace(tpath + ".tmp", tpath)
@@ -253,7 +265,7 @@ def run_attack(name, args):
             with open(results_path, "a") as fh:
                 fh.write(json.dumps(r) + "\n")
 
-        res = V.run_target(pretrained, splits, xp, yp, idx, tgt, cfg["victim"], defences,
+        res = V.run_target(pretrained, splits, xp, yp, idx, tgt, cfg["victim"], todo,
                            seed=t["seed"], device=args.device, workdir=workdir,
                            on_result=on_result)
         none = [r for r in res if r["defence"] == "none"]
@@ -261,8 +273,15 @@ def run_attack(name, args):
             f"craft {craft_s:.1f}s, all defences {time.perf_counter() - t0:.1f}s; "
             f"undefended success={none[0]['success'] if none else 'n/a'}")
         if not args.keep_exports:
+            # Only this run's defences: another process may be exporting other
+            # defences of the same target (--only-targets, --defences).
             import shutil
-            shutil.rmtree(workdir, ignore_errors=True)
+            for d in todo:
+                shutil.rmtree(os.path.join(workdir, d.name), ignore_errors=True)
+            try:
+                os.rmdir(workdir)
+            except OSError:
+                pass
     return name
 
 
@@ -281,6 +300,8 @@ def run_parallel(attacks, args):
         base.append("--quick")
     if args.targets:
         base += ["--targets", str(args.targets)]
+    if args.only_targets:
+        base += ["--only-targets", *map(str, args.only_targets)]
     if args.defences:
         base += ["--defences", *args.defences]
     if args.keep_exports:
@@ -347,9 +368,12 @@ def main(argv=None):
     ap.add_argument("--targets-dir", default=None,
                     help="where target/poison definitions go (default: benchmarks/defense/"
                          "targets for full runs, <out>/targets for --quick)")
-    ap.add_argument("--attacks", nargs="+", choices=C.ATTACK_ORDER, default=None)
+    ap.add_argument("--attacks", nargs="+", choices=C.ALL_ATTACKS, default=None)
     ap.add_argument("--defences", nargs="+", default=None, help="subset of defence names")
     ap.add_argument("--targets", type=int, default=None, help="targets per attack")
+    ap.add_argument("--only-targets", type=int, nargs="+", default=None,
+                    help="of those, run only these target numbers, in this order (to share "
+                         "one attack's targets between processes writing to the same --out)")
     ap.add_argument("--jobs", type=int, default=1, help="attacks run in parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--seed", type=int, default=0)

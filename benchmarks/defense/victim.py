@@ -39,6 +39,9 @@ class VictimConfig:
     drop_after: int = 4         # warm-up epochs before the first drop
     freq: int = 2               # drop every freq epochs ...
     stop_after: int = 16        # ... while epoch < stop_after
+    # Transfer victims: train the head on features computed once (same
+    # updates, much faster); used by the larger realistic settings.
+    cache_features: bool = False
 
     def drop_epochs(self):
         return [e for e in range(self.drop_after, min(self.stop_after, self.epochs))
@@ -68,6 +71,7 @@ def default_defences(expected_poison_fraction=0.05):
         Defence("knn-density", gs, dict(method="knn-density", z_threshold=3.0)),
         Defence("epic-0.2-last-layer", gs, dict(method="epic", fraction=0.2, gradient="last-layer")),
         Defence("deep-knn", gs, dict(method="deep-knn")),
+        Defence("groups", gs, dict(method="groups")),
         Defence("spectral", gs, dict(method="spectral", z_threshold=3.0)),
         # Control: drop a random 30% at the first drop epoch (about what the
         # EPIC rules end up dropping here), to tell removal of poisons from
@@ -114,7 +118,8 @@ class _Run:
         if epochs > 0:
             M.train_epochs(self.model, x, y, epochs=epochs, lr=self.cfg.lr,
                            batch_size=self.cfg.batch_size, device=device, seed=seed,
-                           optimizer=self.opt, rows=rows, first_epoch=first_epoch)
+                           optimizer=self.opt, rows=rows, first_epoch=first_epoch,
+                           frozen_features=self.cfg.mode == "transfer" and self.cfg.cache_features)
 
 
 def evaluate(model, splits, target, device):

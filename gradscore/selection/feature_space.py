@@ -15,7 +15,7 @@ Both score in gradscore's one direction: **higher = more typical**.
 import numpy as np
 
 
-def deep_knn_agreement(labels, nbr_idx, num_classes):
+def deep_knn_agreement(labels, nbr_idx, num_classes, *, ignore=None):
     """Agreement score and plurality-rule drop mask.
 
     Parameters
@@ -24,6 +24,9 @@ def deep_knn_agreement(labels, nbr_idx, num_classes):
     nbr_idx : ndarray of shape (n, k)
         Row numbers of each example's k nearest other examples.
     num_classes : int
+    ignore : ndarray of shape (n,), bool, default=None
+        Rows whose votes do not count (the ``groups`` method's dropped
+        groups); an example with no vote left is kept.
 
     Returns
     -------
@@ -35,10 +38,13 @@ def deep_knn_agreement(labels, nbr_idx, num_classes):
     """
     n, k = nbr_idx.shape
     nl = labels[nbr_idx]
+    weight = np.ones((n, k), dtype=np.int64)
+    if ignore is not None:
+        weight[ignore[nbr_idx]] = 0
     votes = np.zeros((n, num_classes), dtype=np.int64)
-    np.add.at(votes, (np.repeat(np.arange(n), k), nl.ravel()), 1)
+    np.add.at(votes, (np.repeat(np.arange(n), k), nl.ravel()), weight.ravel())
     own = votes[np.arange(n), labels]
-    agreement = own / max(k, 1)
+    agreement = own / np.maximum(weight.sum(axis=1), 1)
     return agreement, own < votes.max(axis=1)
 
 
