@@ -6,6 +6,7 @@ benchmarks call it too, so every user goes through the same code path.
 
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from functools import partial
 import hashlib
 import os
 import shutil
@@ -144,7 +145,8 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         if method == "deep-knn":
             indexes = None
         else:
-            indexes = _map(executor, read_index, paths, remote=client is not None)
+            indexes = _map(executor, partial(read_index, max_memory=max_memory), paths,
+                           remote=client is not None)
         if indexes is None or not _should_spill(spill, remote, indexes, method, gradient):
             result, epoch = _score_in_memory(paths, num_classes, params, prev_ids, previous,
                                              progress=progress, n_jobs=n_jobs,

@@ -30,8 +30,9 @@ import numpy as np
 
 from ..errors import GradscoreError
 from . import schema as S
-from .reader import (Epoch, _Source, _check_allocated, _check_shards_agree, _epoch_of,
-                     _join_ids, _read_block, _read_ids, _read_labels, _read_linear)
+from .reader import (Epoch, _Source, _check_allocated, _check_shards_agree, _check_size,
+                     _epoch_of, _join_ids, _read_block, _read_ids, _read_labels, _read_linear,
+                     parse_memory)
 
 
 @dataclass
@@ -53,12 +54,16 @@ class ShardIndex:
     ids: np.ndarray = field(repr=False)
 
 
-def read_index(path):
+def read_index(path, *, max_memory=None):
     """Pass 1 on one file: check its structure, read and check labels and ids.
 
     Parameters
     ----------
     path : str or path-like
+    max_memory : int, default=None
+        Bytes this pass may hold (labels and ids); default the memory the
+        machine has available. A file that declares more rows than that is
+        refused before anything is allocated.
 
     Returns
     -------
@@ -67,6 +72,8 @@ def read_index(path):
     """
     src = _Source(path)
     try:
+        _check_size([src], keep_features=False, block_rows=S.BLOCK_ROWS,
+                    max_memory=parse_memory(max_memory), only=(S.LABELS, S.IDS))
         # Storage never written reads back as fill values: refused up front,
         # from the chunk index, as read_epoch does.
         for dset in src.ds.values():

@@ -412,13 +412,17 @@ def _needed_bytes(sources, *, keep_features, block_rows):
     return parts
 
 
-def _check_size(sources, *, keep_features, block_rows, max_memory):
+def _check_size(sources, *, keep_features, block_rows, max_memory, only=None):
     """Refuse, before allocating anything, a read that will not fit.
 
     The limit is ``max_memory`` when given, else the memory the machine has
-    available now (:func:`available_memory`).
+    available now (:func:`available_memory`). ``only`` restricts the count
+    to those datasets (and the block buffers), for a pass that holds only
+    them (the spill's first pass holds labels and ids).
     """
     parts = _needed_bytes(sources, keep_features=keep_features, block_rows=block_rows)
+    if only is not None:
+        parts = {k: v for k, v in parts.items() if k in only or k not in S.DATASETS}
     need = sum(parts.values())
     if max_memory is not None:
         limit, what = max_memory, "the --max-memory / max_memory limit"
