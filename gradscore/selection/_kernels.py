@@ -125,7 +125,8 @@ _BLOCK = 128
 
 
 @njit(cache=True, nogil=True)
-def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv_dim):
+def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv_dim,
+                             order, box_x):
     """Greedy facility location on a k-NN graph, with exact coverage.
 
     Candidate ``j`` is credited only for the examples
@@ -138,34 +139,43 @@ def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv
     "uncovered" and its distance to the nearest medoid is updated against
     every new medoid from the gradient factors ``a`` (n, C) and ``h``
     (n, m), ``sqn`` being the squared gradient norms. The update skips a
-    medoid whose norm differs from the example's by at least the example's
-    current distance (it cannot be nearer); examples are kept in blocks
-    sorted by norm, each with the largest current distance of its
-    uncovered members, so whole blocks are skipped at once (the tight core
-    of confident examples, mostly). So the only approximation is in the
-    gains: a candidate is not credited for uncovered examples outside its
-    reverse neighbour list.
+    medoid that cannot be nearer than the example's current one: examples
+    are kept in blocks of consecutive rows of ``order`` (a spatially
+    coherent order, e.g. a k-d tree's), each with the range of its norms,
+    the bounding box of its rows of ``box_x`` (explicit gradients; zero
+    columns to go by norms alone) and the largest current distance of its
+    uncovered members, and a block whose norm range or box lies at least
+    that far from the new medoid is skipped whole. So the only
+    approximation is in the gains: a candidate is not credited for
+    uncovered examples outside its reverse neighbour list.
     """
     n = indptr.shape[0] - 1
     cur = np.zeros(n)
     near = np.full(n, np.inf)
     nrm = np.sqrt(sqn)
     covered = np.zeros(n, dtype=np.bool_)
-    by_norm = np.argsort(nrm)
+    by_norm = order
+    m = box_x.shape[1]
     n_blocks = (n + _BLOCK - 1) // _BLOCK
     block_of = np.empty(n, dtype=np.int64)
-    block_lo = np.empty(n_blocks)
-    block_hi = np.empty(n_blocks)
+    block_lo = np.full(n_blocks, np.inf)
+    block_hi = np.full(n_blocks, -np.inf)
+    box_lo = np.full((n_blocks, m), np.inf)
+    box_hi = np.full((n_blocks, m), -np.inf)
     block_near = np.full(n_blocks, np.inf)
     block_live = np.zeros(n_blocks, dtype=np.int64)
     for b in range(n_blocks):
         start = b * _BLOCK
         stop = min(n, start + _BLOCK)
-        block_lo[b] = nrm[by_norm[start]]
-        block_hi[b] = nrm[by_norm[stop - 1]]
         block_live[b] = stop - start
         for t in range(start, stop):
-            block_of[by_norm[t]] = b
+            i = by_norm[t]
+            block_of[i] = b
+            block_lo[b] = min(block_lo[b], nrm[i])
+            block_hi[b] = max(block_hi[b], nrm[i])
+            for c in range(m):
+                box_lo[b, c] = min(box_lo[b, c], box_x[i, c])
+                box_hi[b, c] = max(box_hi[b, c], box_x[i, c])
     hg = np.empty(n)
     hi = np.empty(n, dtype=np.int64)
     stamp = np.full(n, -1, dtype=np.int64)
@@ -197,6 +207,14 @@ def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv
                 gap = max(block_lo[b] - nj, nj - block_hi[b], 0.0)
                 if gap >= block_near[b]:
                     continue  # no uncovered member can be nearer to j
+                if m:
+                    g2 = 0.0
+                    for c in range(m):
+                        v = box_x[j, c]
+                        e = max(box_lo[b, c] - v, v - box_hi[b, c], 0.0)
+                        g2 += e * e
+                    if g2 >= block_near[b] * block_near[b]:
+                        continue
                 worst = 0.0
                 for t in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
                     i = by_norm[t]

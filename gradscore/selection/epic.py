@@ -31,10 +31,12 @@ Two ways to run it:
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
-from ._kernels import (assign_to_medoids, dense_facility_location, sparse_facility_location,
-                       sqdist_to_similarity)
-from ..neighbors._exact import nearest_target
+from ._kernels import (_BLOCK, assign_to_medoids, dense_facility_location,
+                       sparse_facility_location, sqdist_to_similarity)
+from ..gradients import DenseGradients
+from ..neighbors._exact import KDTREE_MAX_DIM, nearest_target
 
 
 @dataclass
@@ -177,9 +179,17 @@ def epic_sparse(grads, knn_idx, knn_d2, *, n_medoids, cluster_threshold):
     np.cumsum(np.bincount(cand, minlength=n), out=indptr[1:])
     a, h = grads.factors()
     sqn = grads.sqnorms()
+    if isinstance(grads, DenseGradients) and grads.dim <= KDTREE_MAX_DIM:
+        # Blocks of a k-d tree's leaves are compact: their bounding boxes
+        # let the kernel skip most of them for each new medoid.
+        box_x = grads.values
+        scan = cKDTree(box_x, leafsize=_BLOCK).indices.astype(np.int64)
+    else:
+        box_x = np.zeros((n, 0))
+        scan = np.argsort(sqn, kind="stable").astype(np.int64)
     medoids = sparse_facility_location(
         indptr, members[order].astype(np.int64),
         similarity_from_sqdist(dist[order], grads.dim), int(n_medoids), a, h, sqn,
-        1.0 / grads.dim)
+        1.0 / grads.dim, scan, box_x)
     cluster, _ = nearest_target(grads, grads.take(medoids))
     return _finish(medoids, cluster, cluster_threshold, "sparse")
