@@ -4,7 +4,7 @@ This is what ``gradscore score`` runs; training-loop integrations and the
 benchmarks call it too, so every user goes through the same code path.
 """
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from functools import partial
 import hashlib
@@ -234,9 +234,10 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
         rows = [part.class_rows[c] for c in present]
         actives = [None if active is None else active[r] for r in rows]
         budgets = class_budgets(epoch.labels, active, params)
-        outcomes = executor.map(score_spilled_class, [part.class_slices(c) for c in present],
-                                actives, [None if budgets is None else int(budgets[c])
-                                          for c in present], [params] * len(present))
+        outcomes = _in_order([
+            executor.submit(score_spilled_class, part.class_slices(c), act,
+                            None if budgets is None else int(budgets[c]), params)
+            for c, act in zip(present, actives)])
         with _where_hint(remote):
             result = gather(outcomes, rows, n=epoch.labels.size, active=active,
                             params=params, progress=progress, total=len(present))
@@ -246,9 +247,24 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
 
 
 def _map(executor, func, items, *, remote):
-    """``list(executor.map(func, items))``, with :func:`_where_hint` on errors."""
+    """``[func(item) for item in items]`` on ``executor``, with :func:`_where_hint` on errors."""
     with _where_hint(remote):
-        return list(executor.map(func, items))
+        return list(_in_order([executor.submit(func, item) for item in items]))
+
+
+def _in_order(futures):
+    """Yield the futures' results in order. On the first error, cancel what has
+    not started and wait for what has before raising it, so that no task is
+    still writing into the spill when the caller removes it."""
+    for i, fut in enumerate(futures):
+        try:
+            yield fut.result()
+        except BaseException:
+            rest = futures[i + 1:]
+            for f in rest:
+                f.cancel()
+            wait(rest)
+            raise
 
 
 @contextmanager
