@@ -26,6 +26,8 @@ import synth  # noqa: E402
 # name: (n, classes, features, dtype, extra CLI args, target)
 CONFIGS = {
     "cifar": (50_000, 10, 512, "float32", [], "<= 3 s, <= 1 GiB"),
+    "cifar-graph": (50_000, 10, 512, "float32", ["--dense-max", "0"],
+                    "EPIC on the k-NN graph for every class, for comparison"),
     "cifar-dense": (50_000, 10, 512, "float32", ["--dense-max", "10000"],
                     "reference semantics (dense kernel), for comparison"),
     "cifar-lastlayer": (50_000, 10, 512, "float32", ["--gradient", "last-layer"], "report"),
