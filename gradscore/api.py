@@ -23,8 +23,8 @@ from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplis
                           _write_scores_to, keep_mask, read_keeplist)
 from .io.partition import join_indexes, read_index, spill_shard
 from .pipeline import (_n_threads, _score, check_features_given, check_n_jobs, check_params,
-                       needs_features)
-from .tasks import class_budgets, gather, score_spilled_class
+                       class_budgets, needs_features)
+from .tasks import gather, score_spilled_class
 
 SPILL_CHOICES = ("auto", "always", "never")
 #: ``spill="auto"`` spills when the arrays an in-memory run would hold

@@ -473,12 +473,8 @@ def _score(labels, logits, features, params, *, active=None, progress=False, n_j
     bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
     present = [c for c in range(num_classes) if bounds[c + 1] > bounds[c]]
     ctx = dict(params, labels=labels, logits=logits, features=features)
-    budgets = None
-    if method == "epic":
-        # The medoid budget is global (int(fraction * N)), split over classes.
-        budgets = medoid_budgets(np.bincount(labels[scored], minlength=num_classes),
-                                 params["fraction"], random_state=random_state)
-    elif method in ("deep-knn", "groups"):
+    budgets = class_budgets(labels, active, params)
+    if method in ("deep-knn", "groups"):
         # Deep k-NN looks across classes: one neighbour search over everything.
         act = np.flatnonzero(scored)
         k_all = min(k, act.size - 1)
@@ -524,7 +520,34 @@ def _score(labels, logits, features, params, *, active=None, progress=False, n_j
                 drop[rows] = d
             if csize is not None:
                 cluster_size[rows] = csize
+    return assemble_result(active, drop, scores=scores, cluster_size=cluster_size,
+                           flagged=flagged, classes=reports, params=params)
+
+
+def class_budgets(labels, active, params):
+    """EPIC's per-class medoid budgets over all classes (None for other methods).
+
+    The budget is global: ``int(fraction * N)`` over the ``N`` scored rows,
+    split by class size (:func:`gradscore.selection.medoid_budgets`), so it
+    is computed before any class is scored and handed to each class's task.
+
+    Returns
+    -------
+    budgets : ndarray of shape (n_classes,), int64, or None
+    """
+    if params["method"] != "epic":
+        return None
+    scored = labels if active is None or params["cumulative"] == "intersect" \
+        else labels[active]
+    return medoid_budgets(np.bincount(scored, minlength=params["num_classes"]),
+                          params["fraction"], random_state=params["random_state"])
+
+
+def assemble_result(active, drop, **arrays):
+    """The :class:`ScoreResult` of a run: keep and decision follow from
+    ``active`` (None: all) and this round's new drops."""
+    if active is None:
+        active = np.ones(drop.size, dtype=bool)
     keep = active & ~drop
     decision = np.where(keep, KEPT, np.where(active, DROPPED, DROPPED_BEFORE)).astype(object)
-    return ScoreResult(keep=keep, scores=scores, cluster_size=cluster_size,
-                       decision=decision, flagged=flagged, classes=reports, params=params)
+    return ScoreResult(keep=keep, decision=decision, **arrays)

@@ -21,8 +21,7 @@ import numpy as np
 from ._progress import progress_bar
 from .errors import GradscoreError, GradscoreWarning
 from .io.partition import load_class
-from .pipeline import DROPPED, DROPPED_BEFORE, KEPT, ScoreResult, _score_class
-from .selection import medoid_budgets
+from .pipeline import _score_class, assemble_result
 
 
 @dataclass
@@ -143,25 +142,6 @@ def score_spilled_class(slices, active, n_medoids, params):
     return score_class(ClassData(slices.label, logits, features, active, n_medoids), params)
 
 
-def class_budgets(labels, active, params):
-    """EPIC's per-class medoid budgets over all classes (None for other methods).
-
-    The budget is global: ``int(fraction * N)`` over the ``N`` scored rows,
-    split by class size (:func:`gradscore.selection.medoid_budgets`), so it
-    is computed before any class is scored and handed to each task.
-
-    Returns
-    -------
-    budgets : ndarray of shape (n_classes,), int64, or None
-    """
-    if params["method"] != "epic":
-        return None
-    scored = labels if active is None or params["cumulative"] == "intersect" \
-        else labels[active]
-    return medoid_budgets(np.bincount(scored, minlength=params["num_classes"]),
-                          params["fraction"], random_state=params["random_state"])
-
-
 def gather(outcomes, class_rows, *, n, active, params, progress=False, total=None):
     """Assemble per-class outcomes, in class order, into one :class:`ScoreResult`.
 
@@ -191,9 +171,5 @@ def gather(outcomes, class_rows, *, n, active, params, progress=False, total=Non
         cluster_size[rows] = out.cluster_size
         flagged[rows] = out.flagged
         drop[rows] = out.drop
-    if active is None:
-        active = np.ones(n, dtype=bool)
-    keep = active & ~drop
-    decision = np.where(keep, KEPT, np.where(active, DROPPED, DROPPED_BEFORE)).astype(object)
-    return ScoreResult(keep=keep, scores=scores, cluster_size=cluster_size,
-                       decision=decision, flagged=flagged, classes=reports, params=params)
+    return assemble_result(active, drop, scores=scores, cluster_size=cluster_size,
+                           flagged=flagged, classes=reports, params=params)
