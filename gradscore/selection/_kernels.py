@@ -11,6 +11,8 @@ top of the heap beats every other (bound, index) pair.
 import numpy as np
 from numba import njit
 
+from .._vexp import exp_inplace, exp_one
+
 
 @njit(cache=True, inline="always")
 def _before(g1, i1, g2, i2):
@@ -57,6 +59,18 @@ def _pop(hg, hi, size):
     return g, i, size
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def _gain(row, cur):
+    # sum_i max(0, row[i] - cur[i]). One function for the first bounds and
+    # every re-evaluation, so a fresh gain is never above its stale bound;
+    # the sum may be vectorised (its order is fixed by the compiled code).
+    g = 0.0
+    for i in range(row.shape[0]):
+        s = row[i] - cur[i]
+        g += s if s > 0.0 else 0.0
+    return g
+
+
 @njit(cache=True, nogil=True)
 def dense_facility_location(sim, budget):
     """Greedy facility location on a dense similarity matrix.
@@ -79,10 +93,7 @@ def dense_facility_location(sim, budget):
     stamp = np.full(n, -1, dtype=np.int64)
     size = 0
     for j in range(n):
-        g = 0.0
-        for i in range(n):
-            g += sim[j, i]
-        size = _push(hg, hi, size, g, j)
+        size = _push(hg, hi, size, _gain(sim[j], cur), j)
         stamp[j] = 0
     medoids = np.empty(budget, dtype=np.int64)
     picked = 0
@@ -96,11 +107,7 @@ def dense_facility_location(sim, budget):
                 if s > cur[i]:
                     cur[i] = s
             continue
-        g = 0.0
-        for i in range(n):
-            s = sim[j, i] - cur[i]
-            if s > 0.0:
-                g += s
+        g = _gain(sim[j], cur)
         stamp[j] = picked
         size = _push(hg, hi, size, g, j)
     return medoids
@@ -224,7 +231,7 @@ def sparse_facility_location(indptr, members, member_sim, budget, a, h, sqn, inv
                         d = _distance(a, h, sqn, i, j)
                         if d < near[i]:
                             near[i] = d
-                            s = np.exp(-d * inv_dim)
+                            s = exp_one(-d * inv_dim)
                             if s > cur[i]:
                                 cur[i] = s
                     if near[i] > worst:
@@ -246,9 +253,10 @@ def sqdist_to_similarity(d2, inv_dim):
     """EPIC's kernel ``exp(-sqrt(d2) * inv_dim)``, in place, in one pass."""
     n, m = d2.shape
     for i in range(n):
+        row = d2[i]
         for j in range(m):
-            v = d2[i, j]
-            d2[i, j] = np.exp(-np.sqrt(v) * inv_dim) if v > 0.0 else 1.0
+            row[j] = -np.sqrt(max(row[j], 0.0)) * inv_dim
+        exp_inplace(row)
     return d2
 
 
