@@ -6,11 +6,13 @@ call :func:`_score` after validating once.
 
 from dataclasses import dataclass, field, asdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 import os
 import inspect
 import warnings
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from . import neighbors as nb
 from ._progress import progress_bar
@@ -21,7 +23,7 @@ from .errors import GradscoreError, GradscoreWarning
 from .gradients import GRADIENTS, class_gradients
 from .gradients import DenseGradients
 from .selection import (apply_cap, drop_by_fraction, drop_by_robust_threshold,
-                        epic_dense, epic_sparse, limit_drops, medoid_budgets)
+                        epic_from_similarity, epic_sparse, limit_drops, medoid_budgets)
 from .selection.feature_space import deep_knn_agreement, spectral_scores
 from .selection.groups import foreign_groups, tree_edges
 
@@ -320,6 +322,21 @@ def _n_threads(n_jobs, n_tasks):
     return max(1, min(n_jobs, n_tasks))
 
 
+def one_blas_thread_each(jobs):
+    """Context for running tasks on ``jobs`` threads: one BLAS thread each.
+
+    As scikit-learn does for nested parallelism: with classes on several
+    threads, BLAS's own threads would compete with them for the same cores
+    (OpenBLAS threads spin while they wait). Measured on the ImageNet shape
+    on 2 cores: 250 CPU s and 136 s wall with BLAS's default threads, 181 CPU
+    s and 109 s with one (docs/benchmarks.md, issue 10). With one task
+    thread, BLAS keeps its threads.
+    """
+    if jobs > 1:
+        return threadpool_limits(limits=1, user_api="blas")
+    return nullcontext()
+
+
 def _score_class(c, rows_all, rows, was_kept, *, labels, logits, features, method,
                  gradient, fraction, cluster_threshold, k, drop_fraction, z_threshold,
                  max_drop_fraction, max_total_drop_fraction, cumulative, label_smoothing,
@@ -373,14 +390,16 @@ def _score_class(c, rows_all, rows, was_kept, *, labels, logits, features, metho
         grads = class_gradients(
             labels[rows], logits[rows], None if features is None else features[rows],
             gradient=gradient, num_classes=num_classes, label_smoothing=label_smoothing)
-        d2_full = None
+        sim = None
         if method == "epic" and rows.size <= dense_max:
-            d2_full = nb.pairwise_sqdist(grads)
-            if nb.resolve_backend(grads, neighbors) == "kdtree":
-                # Cheaper than a partial sort of every row of the matrix.
+            # EPIC's kernel over every pair and, unless the k-d tree serves
+            # the density score, its k-NN, in one pass over the Gram matrix.
+            tree = nb.resolve_backend(grads, neighbors) == "kdtree"
+            sim, knn_idx, knn_d2 = nb.similarity_and_knn(grads, 0 if tree else k_c,
+                                                         1.0 / grads.dim)
+            if tree:
                 knn_idx, knn_d2, report.neighbors = nb.kneighbors(grads, k_c, backend="kdtree")
             else:
-                knn_idx, knn_d2 = nb.knn_from_sqdist(d2_full, k_c)
                 report.neighbors = "dense"
         else:
             knn_idx, knn_d2, report.neighbors = nb.kneighbors(
@@ -391,13 +410,13 @@ def _score_class(c, rows_all, rows, was_kept, *, labels, logits, features, metho
                             "is spread too thin); it is kept")
             d = np.zeros(rows.size, dtype=bool)
         elif method == "epic":
-            if d2_full is not None:
-                res = epic_dense(d2_full, n_medoids=n_medoids, dim=grads.dim,
-                                 cluster_threshold=cluster_threshold, overwrite=True)
+            if sim is not None:
+                res = epic_from_similarity(sim, n_medoids=n_medoids,
+                                           cluster_threshold=cluster_threshold)
             else:
                 res = epic_sparse(grads, knn_idx, knn_d2, n_medoids=n_medoids,
                                   cluster_threshold=cluster_threshold)
-            del d2_full
+            del sim
             csize = res.cluster_size
             report.epic_mode, report.n_medoids = res.mode, int(res.medoids.size)
             d = res.drop
@@ -437,7 +456,7 @@ def _foreign_groups(labels, logits, features, nbr_idx, *, k, neighbors, random_s
         return (c, rows) + tree_edges(idx, d2)[:2]
 
     jobs = _n_threads(n_jobs, num_classes)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with ThreadPoolExecutor(max_workers=jobs) as pool, one_blas_thread_each(jobs):
         trees = [t for t in (pool.map(one, range(num_classes)) if jobs > 1
                              else map(one, range(num_classes))) if t is not None]
     return foreign_groups(labels, nbr_idx, trees, num_classes=num_classes,
@@ -503,7 +522,7 @@ def _score(labels, logits, features, params, *, active=None, progress=False, n_j
                             n_medoids=None if budgets is None else int(budgets[c]), **ctx)
 
     jobs = _n_threads(n_jobs, len(present))
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with ThreadPoolExecutor(max_workers=jobs) as pool, one_blas_thread_each(jobs):
         # Classes run in threads (numpy, BLAS and the numba kernels release the
         # GIL); results and warnings are gathered in class order, so output
         # does not depend on scheduling.

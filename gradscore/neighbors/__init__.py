@@ -31,6 +31,7 @@ Other backends (an ONNX Runtime one, say) plug in through
 
 from ._exact import (KDTREE_MAX_DIM, brute_kneighbors, kdtree_kneighbors, knn_from_sqdist,
                      pairwise_sqdist)
+from ._dense import similarity_and_knn
 from ._nndescent import nndescent_kneighbors
 from ..gradients import DenseGradients
 from ..errors import GradscoreError
@@ -113,6 +114,6 @@ def kneighbors(grads, k, *, backend="auto", random_state=None):
 
 
 __all__ = [
-    "kneighbors", "pairwise_sqdist", "knn_from_sqdist", "register_backend",
+    "kneighbors", "pairwise_sqdist", "knn_from_sqdist", "similarity_and_knn", "register_backend",
     "resolve_backend", "backend_names", "KDTREE_MAX_DIM", "BRUTE_MAX_N",
 ]

@@ -14,11 +14,16 @@ KDTREE_MAX_DIM = 16
 
 def pairwise_sqdist(grads):
     """Dense (n, n) squared euclidean distances, exact zeros on the diagonal."""
+    from ._dense import lower_gram
+
     sq = grads.sqnorms()
-    d2 = grads.inner(slice(None))
+    # The Gram matrix as similarity_and_knn computes it (BLAS syrk, lower
+    # triangle, mirrored), and |a|^2 + |b|^2 summed first: the result is
+    # exactly symmetric, and the same numbers as similarity_and_knn's.
+    low = np.tril(lower_gram(grads))
+    d2 = low + np.tril(low, -1).T
     d2 *= -2.0
-    d2 += sq[:, None]
-    d2 += sq[None, :]
+    d2 += np.add.outer(sq, sq)
     np.maximum(d2, 0.0, out=d2)
     groups = grads.duplicate_groups()
     if groups is not None:
@@ -74,8 +79,7 @@ def brute_kneighbors(grads, k, *, random_state=None):
         stop = min(n, start + block)
         g = grads.inner(slice(start, stop))
         g *= -2.0
-        g += sq[start:stop, None]
-        g += sq[None, :]
+        g += np.add.outer(sq[start:stop], sq)
         np.maximum(g, 0.0, out=g)
         if groups is not None:
             _zero_duplicates(g, groups[start:stop], groups)

@@ -145,6 +145,27 @@ def epic_dense(d2, *, n_medoids, dim, cluster_threshold, overwrite=False):
     result : EpicResult
     """
     sim = similarity_from_sqdist(d2, dim, overwrite=overwrite)
+    return epic_from_similarity(sim, n_medoids=n_medoids, cluster_threshold=cluster_threshold)
+
+
+def epic_from_similarity(sim, *, n_medoids, cluster_threshold):
+    """EPIC on a full similarity matrix (``sim[i, j] = exp(-||g_i - g_j|| / m)``).
+
+    What :func:`epic_dense` runs after the kernel; the pipeline computes
+    ``sim`` and the density score's neighbours in one pass
+    (:func:`gradscore.neighbors.similarity_and_knn`) and calls this.
+
+    Parameters
+    ----------
+    sim : ndarray of shape (n, n), float64
+    n_medoids : int
+    cluster_threshold : int
+
+    Returns
+    -------
+    result : EpicResult
+    """
+    sim = np.ascontiguousarray(sim, dtype=np.float64)
     medoids = dense_facility_location(sim, int(n_medoids))
     # The first maximum: the earliest-picked medoid wins ties.
     cluster = assign_to_medoids(sim, medoids)
