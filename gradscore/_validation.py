@@ -108,14 +108,21 @@ def check_finite(x, where, *, row_offset=0, block_rows=65536):
     bad, kind = [], None
     for start in range(0, x.shape[0], block_rows):
         blk = x[start:start + block_rows]
-        finite = np.isfinite(blk)
-        if blk.ndim > 1:
-            finite = finite.all(axis=1)
-        if not finite.all():
-            bad.append(np.flatnonzero(~finite) + start + row_offset)
+        nonfinite = _nonfinite(blk)
+        if nonfinite.any():  # the common case stops here, with one flat pass
+            rows = nonfinite.reshape(blk.shape[0], -1).any(axis=1)
+            bad.append(np.flatnonzero(rows) + start + row_offset)
             kind = kind or ("NaN" if np.isnan(blk).any() else "Inf")
     if bad:
         raise GradscoreError(f"{where} contains {kind} in {format_rows(np.concatenate(bad))}")
+
+
+def _nonfinite(x):
+    if x.dtype == np.float16:
+        # np.isfinite on float16 has no SIMD loop; the exponent bits do
+        # (all ones: Inf or NaN), several times faster on a 2.5 GB export.
+        return (x.view(np.uint16) & 0x7C00) == 0x7C00
+    return ~np.isfinite(x)
 
 
 def check_ids(ids, n_rows, *, where="ids"):

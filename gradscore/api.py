@@ -5,7 +5,7 @@ benchmarks call it too, so every user goes through the same code path.
 """
 
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
 import hashlib
 import os
@@ -21,15 +21,19 @@ from .io import read_epoch
 from .io._atomic import atomic_path
 from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplist_to,
                           _write_scores_to, keep_mask, read_keeplist)
-from .io.partition import join_indexes, read_index, spill_shard
+from .io.partition import (create_spill_files, join_indexes, read_index, spill_piece,
+                           spill_pieces)
 from .pipeline import (_n_threads, _score, check_features_given, check_n_jobs, check_params,
-                       class_budgets, needs_features)
+                       class_budgets, needs_features, one_blas_thread_each)
 from .tasks import gather, score_spilled_class
 
 SPILL_CHOICES = ("auto", "always", "never")
 #: ``spill="auto"`` spills when the arrays an in-memory run would hold
 #: (float32 logits, and features when the method needs them) exceed this.
 SPILL_ABOVE_BYTES = 512 * 2**20
+#: Rows per spill task: one file is spilled in pieces of this many rows (whole
+#: read blocks), so that a single large file uses every worker.
+SPILL_PIECE_ROWS = 4 * 65536
 
 
 def default_output(paths):
@@ -136,11 +140,14 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         raise GradscoreError("spill='never' holds the export in this process, so it cannot "
                              "run on a client or executor; use spill='auto'")
     own_pool = None
+    blas = nullcontext()
     if client is not None:
         from .distributed import client_executor
         executor = client_executor(client)
     elif executor is None:
-        own_pool = executor = ThreadPoolExecutor(_n_threads(n_jobs, 1 << 30))
+        jobs = _n_threads(n_jobs, 1 << 30)
+        own_pool = executor = ThreadPoolExecutor(jobs)
+        blas = one_blas_thread_each(jobs)
     try:
         if method == "deep-knn":
             indexes = None
@@ -152,11 +159,12 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
                                              progress=progress, n_jobs=n_jobs,
                                              max_memory=max_memory)
         else:
-            result, epoch = _score_spilled(
-                indexes, num_classes, params, prev_ids, previous, executor=executor,
-                remote=client is not None, progress=progress,
-                spill_dir=spill_dir if spill_dir is not None
-                else os.path.dirname(os.path.abspath(output)))
+            with blas:
+                result, epoch = _score_spilled(
+                    indexes, num_classes, params, prev_ids, previous, executor=executor,
+                    remote=client is not None, progress=progress,
+                    spill_dir=spill_dir if spill_dir is not None
+                    else os.path.dirname(os.path.abspath(output)))
     finally:
         if own_pool is not None:
             own_pool.shutdown()
@@ -229,7 +237,12 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
         _check_classes(num_classes, epoch)
         params = check_params(num_classes=epoch.num_classes, **params)
         active = _active(epoch, prev_ids, previous)
-        _map(executor, spill_shard, part.specs, remote=remote)
+        # Pieces of a few blocks, so that one large file spills on every worker.
+        pieces = []
+        for spec, ix in zip(part.specs, indexes):
+            create_spill_files(spec, ix.n)
+            pieces += spill_pieces(spec, ix.n, SPILL_PIECE_ROWS)
+        _map(executor, spill_piece, pieces, remote=remote)
         present = [c for c in range(epoch.num_classes) if part.class_rows[c].size]
         rows = [part.class_rows[c] for c in present]
         actives = [None if active is None else active[r] for r in rows]

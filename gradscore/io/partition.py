@@ -8,7 +8,7 @@ class at a time, never the N x C logits:
    order, duplicate ids, class sizes, and where each class's rows will lie
    in each file's spill.
 2. :func:`spill_shard` streams one file's logits (and features, when the
-   run needs them) in blocks, checks each block as
+   run needs them), or one piece of its rows, in blocks, checks each block as
    :func:`~gradscore.io.read_epoch` does, and writes
    every row into a raw binary file beside the others of its class.
 3. :func:`load_class` reads one class's rows back: one contiguous read per
@@ -103,13 +103,16 @@ class SpillSpec:
     block_rows: int = S.BLOCK_ROWS
 
 
-def spill_shard(spec):
-    """Pass 2 on one file: stream, check and scatter its rows into class order.
+def spill_shard(spec, start=0, stop=None):
+    """Pass 2 on one file (or rows ``[start, stop)`` of it): stream, check and
+    scatter its rows into class order.
 
     Row ``r`` of class ``c`` (in file order) lands at row
     ``spec.class_offsets[c] + r`` of the spill files. Raises
     :class:`GradscoreError` naming the file, dataset and rows on a
-    non-finite value, as :func:`~gradscore.io.read_epoch` does.
+    non-finite value, as :func:`~gradscore.io.read_epoch` does. Pieces of
+    one file (:func:`spill_pieces`) write disjoint rows, so they may run side
+    by side once :func:`create_spill_files` has made the files.
 
     Returns
     -------
@@ -118,24 +121,26 @@ def spill_shard(spec):
     """
     src = _Source(spec.path)
     try:
+        stop = src.n if stop is None else min(stop, src.n)
+        whole = start == 0 and stop == src.n
         labels = _read_labels(src, spec.num_classes)
         computed = S.LOGITS not in src.ds
         # As read_epoch: features are read only when spilled or needed to
         # compute the logits; weight and bias only for the latter.
         read_f = spec.features_out is not None or computed
         linear = _read_linear(src) if computed else None
-        outs = [(spec.logits_out, np.dtype(spec.logits_dtype), spec.num_classes)]
-        if spec.features_out is not None:
-            outs.append((spec.features_out, np.dtype(spec.features_dtype), spec.n_features))
-        fds = [os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for p, _, _ in outs]
+        outs = _outputs(spec)
+        if whole:
+            create_spill_files(spec, src.n)
+        fds = [os.open(p, os.O_WRONLY) for p, _, _ in outs]
         try:
-            for fd, (_, dt, width) in zip(fds, outs):
-                os.ftruncate(fd, src.n * width * dt.itemsize)
-            nxt = np.asarray(spec.class_offsets[:-1], dtype=np.int64).copy()
-            for start in range(0, src.n, spec.block_rows):
-                stop = min(src.n, start + spec.block_rows)
-                lg, feat = _read_block(src, start, stop, linear, read_features=read_f)
-                lab = labels[start:stop]
+            # Each class's next free row: its offset plus its rows before start.
+            nxt = np.asarray(spec.class_offsets[:-1], dtype=np.int64) + \
+                np.bincount(labels[:start], minlength=spec.num_classes)
+            for first in range(start, stop, spec.block_rows):
+                last = min(stop, first + spec.block_rows)
+                lg, feat = _read_block(src, first, last, linear, read_features=read_f)
+                lab = labels[first:last]
                 # One stable sort groups the block's rows by class; each
                 # class's run is then one write at its next free row.
                 order = np.argsort(lab, kind="stable")
@@ -151,9 +156,41 @@ def spill_shard(spec):
         finally:
             for fd in fds:
                 os.close(fd)
-        return src.n
+        return stop - start
     finally:
         src.close()
+
+
+def _outputs(spec):
+    outs = [(spec.logits_out, np.dtype(spec.logits_dtype), spec.num_classes)]
+    if spec.features_out is not None:
+        outs.append((spec.features_out, np.dtype(spec.features_dtype), spec.n_features))
+    return outs
+
+
+def create_spill_files(spec, n):
+    """Create (or truncate) one file's spill files at their final size, ``n`` rows."""
+    for path, dt, width in _outputs(spec):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, n * width * dt.itemsize)
+        finally:
+            os.close(fd)
+
+
+def spill_piece(piece):
+    """:func:`spill_shard` on one ``(spec, start, stop)`` of :func:`spill_pieces`."""
+    return spill_shard(*piece)
+
+
+def spill_pieces(spec, n, rows_per_piece):
+    """``(spec, start, stop)`` pieces of one file of ``n`` rows, for :func:`spill_shard`.
+
+    A file is cut into pieces of whole blocks so that several workers can
+    spill it side by side (call :func:`create_spill_files` first).
+    """
+    step = max(1, rows_per_piece // spec.block_rows) * spec.block_rows
+    return [(spec, a, min(n, a + step)) for a in range(0, n, step)] or [(spec, 0, 0)]
 
 
 def _pwrite_all(fd, array, offset):
@@ -251,7 +288,12 @@ class Partition:
                            features_dtype=self.features_dtype)
 
 
-def join_indexes(indexes, spill_dir, *, need_features=True, block_rows=S.BLOCK_ROWS):
+#: Bytes of input rows a spill task holds at once (with its sorted copy and
+#: checks, about three times this): wide rows get blocks of fewer rows.
+SPILL_BLOCK_BYTES = 32 * 2**20
+
+
+def join_indexes(indexes, spill_dir, *, need_features=True, block_rows=None):
     """Join the files' indexes: check they agree, sort ids, lay out the spill.
 
     Parameters
@@ -263,6 +305,9 @@ def join_indexes(indexes, spill_dir, *, need_features=True, block_rows=S.BLOCK_R
     need_features : bool, default=True
         Spill features too (when the files have them). When False they are
         not read, unless the logits are computed from them.
+    block_rows : int, default=None
+        Rows per read block; default as many as fit in
+        ``SPILL_BLOCK_BYTES`` (at most ``BLOCK_ROWS``, at least 1,024).
 
     Returns
     -------
@@ -291,6 +336,9 @@ def join_indexes(indexes, spill_dir, *, need_features=True, block_rows=S.BLOCK_R
     if spill_f:
         fdt = "float16" if all(ix.ds.get(S.FEATURES) == "float16" for ix in indexes) \
             else "float32"
+    if block_rows is None:
+        row_bytes = np.dtype(ldt).itemsize * c + (np.dtype(fdt).itemsize * d if spill_f else 0)
+        block_rows = int(min(S.BLOCK_ROWS, max(1024, SPILL_BLOCK_BYTES // row_bytes)))
     specs = []
     for i, ix in enumerate(indexes):
         offs = np.concatenate([[0], np.cumsum(np.bincount(ix.labels, minlength=c))])
