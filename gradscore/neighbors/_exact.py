@@ -1,5 +1,6 @@
 """Exact neighbour search: k-d tree and blocked Gram-matrix brute force."""
 
+from numba import njit
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -68,25 +69,57 @@ def _smallest_k(work, k):
 
 
 def brute_kneighbors(grads, k, *, random_state=None):
-    """Exact search by blocks of rows against all rows (BLAS Gram products)."""
+    """Exact search by blocks of rows against all rows (BLAS Gram products).
+
+    Each block's Gram product is turned into distances and searched in one
+    numba pass (:func:`_block_knn`), never sorted.
+    """
     n = grads.n
-    sq = grads.sqnorms()
+    sq = np.ascontiguousarray(grads.sqnorms(), dtype=np.float64)
     groups = grads.duplicate_groups()
+    if groups is None:
+        groups = np.arange(n, dtype=np.int64)
+    groups = np.asarray(groups, dtype=np.int64)
     block = max(1, min(n, _BLOCK_BYTES // (8 * max(n, 1))))
     idx = np.empty((n, k), dtype=np.int64)
     d2 = np.empty((n, k), dtype=np.float64)
     for start in range(0, n, block):
         stop = min(n, start + block)
-        g = grads.inner(slice(start, stop))
-        g *= -2.0
-        g += np.add.outer(sq[start:stop], sq)
-        np.maximum(g, 0.0, out=g)
-        if groups is not None:
-            _zero_duplicates(g, groups[start:stop], groups)
-        local = np.arange(stop - start)
-        g[local, local + start] = np.inf  # self, by index
-        idx[start:stop], d2[start:stop] = _smallest_k(g, k)
+        g = np.ascontiguousarray(grads.inner(slice(start, stop)), dtype=np.float64)
+        _block_knn(g, sq, groups, start, idx[start:stop], d2[start:stop])
     return idx, d2
+
+
+@njit(cache=True, nogil=True)
+def _block_knn(gram, sq, groups, row0, idx, d2):
+    # Rows row0.. of the whole: each row's k nearest others by (distance,
+    # column), from its Gram row; the same numbers as pairwise_sqdist's.
+    b, n = gram.shape
+    k = idx.shape[1]
+    for r in range(b):
+        i = row0 + r
+        for t in range(k):
+            d2[r, t] = np.inf
+            idx[r, t] = -1
+        thr = np.inf
+        gi = groups[i]
+        sqi = sq[i]
+        for j in range(n):
+            v = gram[r, j] * -2.0
+            v += sqi + sq[j]
+            if v < 0.0 or groups[j] == gi:
+                v = 0.0  # exact duplicates lie at distance 0
+            # Columns come in order, so an equal distance found later never
+            # displaces an earlier one.
+            if v < thr and j != i:
+                p = k - 1
+                while p > 0 and d2[r, p - 1] > v:
+                    d2[r, p] = d2[r, p - 1]
+                    idx[r, p] = idx[r, p - 1]
+                    p -= 1
+                d2[r, p] = v
+                idx[r, p] = j
+                thr = d2[r, k - 1]
 
 
 def kdtree_kneighbors(grads, k, *, random_state=None):
