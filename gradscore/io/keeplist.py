@@ -61,12 +61,14 @@ def write_keeplist(path, ids, *, metadata=None):
 def _write_keeplist_to(tmp, ext, ids, metadata):
     ids = _sorted_ids(ids)
     if ext == ".txt":
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            for v in ids.tolist():
-                s = str(v)
+        lines = [str(v) for v in ids.tolist()]
+        if ids.dtype.kind != "i":
+            for s in lines:
                 if "\n" in s or "\r" in s:
                     raise GradscoreError(f"id {s!r} contains a newline; use .json or .npy")
-                fh.write(s + "\n")
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            # One write: a loop of 1M small writes took 2.5 s on the ImageNet shape.
+            fh.write("".join(s + "\n" for s in lines))
     elif ext == ".npy":
         arr = ids if ids.dtype.kind == "i" else ids.astype(str)
         with open(tmp, "wb") as fh:
