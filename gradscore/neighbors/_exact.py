@@ -178,13 +178,31 @@ def nearest_target(grads, targets):
     block = max(1, min(n, _BLOCK_BYTES // (8 * max(m, 1))))
     pos = np.empty(n, dtype=np.int64)
     best = np.empty(n, dtype=np.float64)
+    sq = np.ascontiguousarray(sq, dtype=np.float64)
+    sq_t = np.ascontiguousarray(sq_t, dtype=np.float64)
     for start in range(0, n, block):
         stop = min(n, start + block)
-        g = grads.cross(slice(start, stop), targets)
-        g *= -2.0
-        g += sq[start:stop, None]
-        g += sq_t[None, :]
-        np.maximum(g, 0.0, out=g)
-        pos[start:stop] = np.argmin(g, axis=1)  # first minimum: earliest target
-        best[start:stop] = g[np.arange(stop - start), pos[start:stop]]
+        g = np.ascontiguousarray(grads.cross(slice(start, stop), targets), dtype=np.float64)
+        _block_argmin(g, sq[start:stop], sq_t, pos[start:stop], best[start:stop])
     return pos, best
+
+
+@njit(cache=True, nogil=True)
+def _block_argmin(cross, sq, sq_t, pos, best):
+    # Each row's nearest target by squared distance; the first minimum (the
+    # earliest target) on ties.
+    b, m = cross.shape
+    for r in range(b):
+        arg = 0
+        low = np.inf
+        for j in range(m):
+            v = cross[r, j] * -2.0
+            v += sq[r]
+            v += sq_t[j]
+            if v < 0.0:
+                v = 0.0
+            if v < low:
+                low = v
+                arg = j
+        pos[r] = arg
+        best[r] = low
