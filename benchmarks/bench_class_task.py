@@ -1,14 +1,16 @@
 """Cost of one per-class task, the unit the scale-out design multiplies.
 
 Times :func:`gradscore.tasks.score_class` on one synthetic class of the
-ImageNet shape (1,281 rows x 1,000 logits, dense EPIC, 20% medoids) and of
-with ``--large`` the 1M x 10 shape (100,000 rows x 10 logits, k-d tree and
-graph EPIC), in
-CPU seconds of this process (one BLAS thread), median of ``--repeat``, plus
-the dense path's parts. CPU time, not wall time: on a shared machine it is
-the figure that says what a dedicated core would take.
+ImageNet shape (1,281 rows x 1,000 logits, dense EPIC, 20% medoids), with
+``--large`` also of the 1M x 10 shape (100,000 rows x 10 logits, k-d tree
+and graph EPIC) and with ``--shape N C`` of any other, in CPU seconds of
+this process (one BLAS thread), median of ``--repeat`` (one run for classes
+over 10,000 rows), plus the dense path's parts. CPU time, not wall time: on
+a shared machine it is the figure that says what a dedicated core would take.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_class_task.py
+    OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_class_task.py \
+        --shape 100000 100 --no-parts      # one class of the 10M x 100 export
 """
 
 import argparse
@@ -26,7 +28,9 @@ import bench_score  # noqa: E402
 from gradscore import neighbors as nb  # noqa: E402
 from gradscore.gradients import class_gradients  # noqa: E402
 from gradscore.pipeline import _canonical_order, check_params  # noqa: E402
-from gradscore.selection import epic_dense  # noqa: E402
+from gradscore.neighbors._dense import _similarity_and_knn, lower_gram  # noqa: E402
+from gradscore.selection._kernels import (assign_to_medoids,  # noqa: E402
+                                          dense_facility_location)
 from gradscore.tasks import ClassData, score_class  # noqa: E402
 
 
@@ -52,9 +56,13 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--large", action="store_true",
                     help="also the 100,000 x 10 class (minutes of CPU)")
+    ap.add_argument("--shape", nargs=2, type=int, action="append", default=[],
+                    metavar=("N", "C"), help="also one class of N rows x C logits (repeatable)")
+    ap.add_argument("--no-parts", action="store_true", help="skip the 1,281 x 1,000 parts")
     a = ap.parse_args()
     rows = []
-    for n, c in ((1281, 1000),) + (((100_000, 10),) if a.large else ()):
+    shapes = [(1281, 1000)] + ([(100_000, 10)] if a.large else []) + [tuple(s) for s in a.shape]
+    for n, c in shapes:
         z = synthetic_class(n, c, 3)
         params = check_params(num_classes=c)
         budget = int(0.2 * n)
@@ -63,17 +71,23 @@ def main():
         rows.append((f"score_class, {n:,} x {c}", t, t / n * 1e3))
     z = synthetic_class(1281, 1000, 3)
     g = class_gradients(np.full(1281, 3), z, num_classes=1000)
-    d2 = nb.pairwise_sqdist(g)
+    gram = lower_gram(g)
+    sim = nb.similarity_and_knn(g, 20, 1.0 / g.dim)[0]
+    medoids = dense_facility_location(sim, 256)
+    sq = g.sqnorms()
+    groups = np.arange(g.n)
+    knn = (np.empty((g.n, 20), dtype=np.int64), np.empty((g.n, 20)))
     parts = [
         ("gradients (softmax)", lambda: class_gradients(np.full(1281, 3), z, num_classes=1000)),
         ("canonical row order", lambda: _canonical_order(z)),
-        ("Gram matrix g @ g.T (BLAS)", lambda: g.values @ g.values.T),
-        ("pairwise_sqdist (Gram, duplicates, clean-up)", lambda: nb.pairwise_sqdist(g)),
-        ("k-NN from the distance matrix", lambda: nb.knn_from_sqdist(d2, 20)),
-        ("EPIC dense greedy", lambda: epic_dense(d2, n_medoids=256, dim=g.dim,
-                                                 cluster_threshold=1)),
+        ("Gram matrix g @ g.T (BLAS)", lambda: lower_gram(g)),
+        ("duplicate rows (hash)", lambda: g.duplicate_groups()),
+        ("one pass: distances, k-NN, EPIC kernel (copy of the Gram included)",
+         lambda: _similarity_and_knn(gram.copy(), sq, groups, 1e-3, *knn)),
+        ("EPIC greedy, 256 medoids", lambda: dense_facility_location(sim, 256)),
+        ("EPIC assignment to medoids", lambda: assign_to_medoids(sim, medoids)),
     ]
-    for name, func in parts:
+    for name, func in [] if a.no_parts else parts:
         t = cpu(func, a.repeat)
         rows.append((f"1,281 x 1,000 part: {name}", t, t / 1281 * 1e3))
     load = os.getloadavg()[0]

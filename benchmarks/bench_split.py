@@ -4,10 +4,11 @@ Runs the real :func:`gradscore.score_files` in this process with one thread
 (``n_jobs=1``, so stage times add up to the wall time) and wraps the stage
 functions it calls with timers:
 
-- read: ``read_epoch`` (in memory), or ``read_index`` + ``spill_shard`` +
+- read: ``read_epoch`` (in memory), or ``read_index`` + ``spill_piece`` +
   ``load_class`` (spilled);
 - gradients: ``class_gradients`` and the canonical row order;
-- neighbours: k-NN search (k-d tree, brute force, or the dense distance
+- neighbours: k-NN search (k-d tree, brute force, or, on EPIC's exact path,
+  the one pass that computes the k-NN and EPIC's kernel from the Gram
   matrix) and the density score;
 - selection: EPIC, the drop rules and the cap;
 - write: the keep-list;
@@ -35,13 +36,15 @@ import gradscore.neighbors as nb  # noqa: E402
 TIMES = defaultdict(float)
 
 WRAP = [
-    ("read", api, ["read_epoch", "read_index", "spill_shard"]),
+    ("read", api, ["read_epoch", "read_index", "spill_piece"]),
     ("read", partition, []),
     ("read", tasks, ["load_class"]),
     ("gradients", pipeline, ["class_gradients", "_canonical_order"]),
-    ("neighbours", nb, ["pairwise_sqdist", "knn_from_sqdist", "kneighbors"]),
+    ("neighbours", nb, ["pairwise_sqdist", "knn_from_sqdist", "kneighbors",
+                        "similarity_and_knn"]),
     ("neighbours", pipeline, ["knn_density"]),
-    ("selection", pipeline, ["epic_dense", "epic_sparse", "apply_cap", "drop_by_fraction",
+    ("selection", pipeline, ["epic_from_similarity", "epic_sparse", "apply_cap",
+                             "drop_by_fraction",
                              "drop_by_robust_threshold"]),
     ("write", api, ["_write_keeplist_to", "_write_scores_to"]),
 ]
@@ -111,7 +114,7 @@ def main():
     text = (f"Machine: {bench_score.machine()}. Date: {time.strftime('%Y-%m-%d')}. One "
             f"thread (n_jobs=1), in-process, numba kernels warmed. Export: {a.n:,} x "
             f"{a.classes} classes x {a.features} features, {a.dtype}; default method (epic, "
-            f"logits gradient; features are checked block by block, not kept). 'load avg': "
+            f"logits gradient, which does not read the features). 'load avg': "
             f"1-minute load average before the row ran (2 cores).\n"
             f"Command: `python benchmarks/bench_split.py {' '.join(sys.argv[1:])}`\n\n"
             + "\n".join(lines))
