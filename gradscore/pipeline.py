@@ -9,17 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 import os
 import inspect
-import warnings
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import neighbors as nb
-from ._progress import progress_bar
 from ._validation import (check_choice, check_float_matrix, check_fraction,
                           check_int, check_labels)
 from .density import knn_density
-from .errors import GradscoreError, GradscoreWarning
+from .errors import GradscoreError
 from .gradients import GRADIENTS, class_gradients
 from .gradients import DenseGradients
 from .selection import (apply_cap, drop_by_fraction, drop_by_robust_threshold,
@@ -482,17 +480,12 @@ def _score(labels, logits, features, params, *, active=None, progress=False, n_j
         active = np.ones(n, dtype=bool)
     # The authors' rule scores every example; "survivors" only the kept ones.
     scored = np.ones(n, dtype=bool) if params["cumulative"] == "intersect" else active
-    scores = np.full(n, np.nan)
-    cluster_size = np.full(n, -1, dtype=np.int64)
-    flagged = np.zeros(n, dtype=bool)
-    drop = np.zeros(n, dtype=bool)
-    reports = []
     # One stable sort groups rows by class without a pass per class.
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
     present = [c for c in range(num_classes) if bounds[c + 1] > bounds[c]]
-    ctx = dict(params, labels=labels, logits=logits, features=features)
     budgets = class_budgets(labels, active, params)
+    votes = None
     if method in ("deep-knn", "groups"):
         # Deep k-NN looks across classes: one neighbour search over everything.
         act = np.flatnonzero(scored)
@@ -513,34 +506,30 @@ def _score(labels, logits, features, params, *, active=None, progress=False, n_j
             if group_drop is not None:
                 agreement[act] = np.fmin(agreement[act], share)
                 deep_drop[act] |= group_drop
-        ctx.update(agreement=agreement, deep_drop=deep_drop, k_all=k_all, used=used)
+        votes = (agreement, deep_drop, k_all, used)
+    keep_features = features is not None and needs_features(method, params["gradient"])
+    class_rows = [order[bounds[c]:bounds[c + 1]] for c in present]
 
-    def one(c):
-        rows_all = order[bounds[c]:bounds[c + 1]]
-        rows = rows_all[scored[rows_all]]
-        return _score_class(c, rows_all, rows, active[rows],
-                            n_medoids=None if budgets is None else int(budgets[c]), **ctx)
+    # The same per-class task and gather as a spilled or distributed run
+    # (gradscore.tasks), here over slices of the arrays in memory.
+    from .tasks import ClassData, gather, score_class
+
+    def one(c, rows):
+        data = ClassData(
+            c, logits[rows], features[rows] if keep_features else None, active[rows],
+            None if budgets is None else int(budgets[c]),
+            None if votes is None else (votes[0][rows], votes[1][rows], votes[2], votes[3]))
+        return score_class(data, params)
 
     jobs = _n_threads(n_jobs, len(present))
     with ThreadPoolExecutor(max_workers=jobs) as pool, one_blas_thread_each(jobs):
         # Classes run in threads (numpy, BLAS and the numba kernels release the
         # GIL); results and warnings are gathered in class order, so output
         # does not depend on scheduling.
-        outcomes = pool.map(one, present) if jobs > 1 else map(one, present)
-        for out in progress_bar(outcomes, enabled=progress, total=len(present),
-                                desc="classes", unit="class"):
-            report, rows, s, csize, f, d, messages = out
-            for m in messages:
-                warnings.warn(m, GradscoreWarning, stacklevel=3)
-            reports.append(report)
-            if s is not None:
-                scores[rows] = s
-                flagged[rows] = f
-                drop[rows] = d
-            if csize is not None:
-                cluster_size[rows] = csize
-    return assemble_result(active, drop, scores=scores, cluster_size=cluster_size,
-                           flagged=flagged, classes=reports, params=params)
+        outcomes = pool.map(one, present, class_rows) if jobs > 1 else \
+            map(one, present, class_rows)
+        return gather(outcomes, class_rows, n=n, active=active, params=params,
+                      progress=progress, total=len(present))
 
 
 def class_budgets(labels, active, params):

@@ -39,6 +39,10 @@ class ClassData:
     n_medoids : int or None
         EPIC's medoid budget for this class, from :func:`class_budgets`
         (the budget is global, so it is computed over all classes first).
+    votes : tuple or None
+        For the methods that look across classes (``deep-knn``, ``groups``):
+        ``(agreement, drop, k_used, neighbors)`` computed over all classes
+        first, the two arrays aligned with the rows.
     """
 
     label: int
@@ -46,6 +50,7 @@ class ClassData:
     features: np.ndarray = None
     active: np.ndarray = None
     n_medoids: int = None
+    votes: tuple = None
 
 
 @dataclass
@@ -84,7 +89,7 @@ def score_class(data, params):
     params : dict
         The run's parameters, from :func:`gradscore.pipeline.check_params`
         with ``num_classes`` set. Methods that look across classes
-        (``deep-knn``) cannot run class by class.
+        (``deep-knn``, ``groups``) need ``data.votes``.
 
     Returns
     -------
@@ -104,6 +109,14 @@ def score_class(data, params):
     if params["method"] == "epic" and data.n_medoids is None:
         raise GradscoreError(f"class {data.label}: EPIC needs the class's medoid budget "
                              "(ClassData.n_medoids, from class_budgets); got None")
+    cross = {}
+    if params["method"] in ("deep-knn", "groups"):
+        if data.votes is None:
+            raise GradscoreError(f"class {data.label}: method {params['method']!r} looks "
+                                 "across classes; its votes (ClassData.votes) come from "
+                                 "all classes first")
+        agreement, deep_drop, k_all, used = data.votes
+        cross = dict(agreement=agreement, deep_drop=deep_drop, k_all=k_all, used=used)
     n = data.logits.shape[0]
     every = np.arange(n)
     active = np.ones(n, dtype=bool) if data.active is None else data.active
@@ -112,7 +125,7 @@ def score_class(data, params):
     labels = np.full(n, data.label, dtype=np.int64)
     report, rows, s, csize, f, d, messages = _score_class(
         int(data.label), every, rows, active[rows], labels=labels, logits=data.logits,
-        features=data.features, n_medoids=data.n_medoids, **params)
+        features=data.features, n_medoids=data.n_medoids, **params, **cross)
     scores = np.full(n, np.nan)
     cluster_size = np.full(n, -1, dtype=np.int64)
     flagged = np.zeros(n, dtype=bool)
@@ -165,7 +178,7 @@ def gather(outcomes, class_rows, *, n, active, params, progress=False, total=Non
     bar = progress_bar(outcomes, enabled=progress, total=total, desc="classes", unit="class")
     for out, rows in zip(bar, class_rows):
         for m in out.messages:
-            warnings.warn(m, GradscoreWarning, stacklevel=3)
+            warnings.warn(m, GradscoreWarning, stacklevel=4)
         reports.append(out.report)
         scores[rows] = out.scores
         cluster_size[rows] = out.cluster_size
