@@ -1,0 +1,88 @@
+"""Why ``groups`` misses some clean-label poison sets: what surrounds the poison group.
+
+For each saved export of ``separation.py`` (``<dir>/<attack>_<target>.npz``:
+labels, logits, penultimate features and the poison mask at the first drop
+epoch), builds the poisons' class's single-linkage tree over its k-NN graph
+in feature space (as ``groups`` does), takes the smallest tree node holding
+at least 80% of the poisons, and counts the labels at the far end of the
+k-NN edges (k = 20, all classes) that leave it: the votes ``groups`` judges
+that node by. Also runs ``gradscore.score(..., method="groups")`` once and
+reports the poisons' recall. Usage::
+
+    python -m benchmarks.defense.group_votes --dir benchmarks/out/defense/separation \\
+        --attacks bullseye-polytope feature-collision
+"""
+
+import argparse
+import glob
+import os
+import warnings
+
+import numpy as np
+
+import gradscore
+from gradscore import neighbors as nb
+from gradscore.gradients import DenseGradients
+from gradscore.pipeline import _canonical_order
+from gradscore.selection.groups import tree_edges
+
+K = 20
+
+
+def poison_node(lab, lg, ft, pm, share=0.8):
+    c = int(np.bincount(lab[pm]).argmax())
+    rows = np.flatnonzero(lab == c)
+    rows = rows[_canonical_order(lg[rows], ft[rows])]
+    idx, d2, _ = nb.kneighbors(DenseGradients(ft[rows]), min(K, rows.size - 1))
+    ei, ej, _ = tree_edges(idx, d2)
+    parent = np.arange(rows.size)
+    members = {i: [i] for i in range(rows.size)}
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    ispo = pm[rows]
+    for a, b in zip(ei, ej):
+        a, b = find(a), find(b)
+        if a == b:
+            continue
+        if len(members[a]) < len(members[b]):
+            a, b = b, a
+        parent[b] = a
+        members[a] += members.pop(b)
+        m = np.array(members[a])
+        if ispo[m].sum() >= share * ispo.sum():
+            return c, rows, rows[m]
+    return c, rows, rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", required=True, help="folder of separation.py's .npz exports")
+    ap.add_argument("--attacks", nargs="+", required=True)
+    a = ap.parse_args(argv)
+    warnings.simplefilter("ignore")
+    print("| export | class size | poisons | node (poisons) | votes: own / other max / total | groups recall |")
+    print("|---|---|---|---|---|---|")
+    for attack in a.attacks:
+        for f in sorted(glob.glob(os.path.join(a.dir, f"{attack}_*.npz"))):
+            d = np.load(f)
+            lab, lg, ft = d["labels"], d["logits"], d["features"]
+            pm = d["is_poison"].astype(bool)
+            c, rows, node = poison_node(lab, lg, ft, pm)
+            nbr, _, _ = nb.kneighbors(DenseGradients(ft), K)
+            inside = np.zeros(lab.size, dtype=bool)
+            inside[node] = True
+            far = nbr[node].ravel()
+            votes = np.bincount(lab[far[~inside[far]]], minlength=lg.shape[1])
+            other = np.delete(votes, c).max()
+            r = gradscore.score(lab, lg, ft, method="groups")
+            print(f"| {os.path.basename(f)} | {rows.size} | {pm.sum()} | {node.size} "
+                  f"({pm[node].sum()}) | {votes[c]} / {other} / {votes.sum()} | "
+                  f"{(~r.keep)[pm].mean():.2f} |")
+
+
+if __name__ == "__main__":
+    main()
