@@ -448,6 +448,12 @@ def _isolation_section(out):
     ]
 
 
+def _target_counts(summary):
+    """The number of targets scored per attack, as text: "8" or "8 to 12"."""
+    n = sorted({a["n_targets"] for a in summary["attacks"].values()}) or [0]
+    return str(n[0]) if n[0] == n[-1] else f"{n[0]} to {n[-1]}"
+
+
 def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
     docs_dir = docs_dir or os.path.join(REPO, "docs")
     os.makedirs(docs_dir, exist_ok=True)
@@ -474,12 +480,17 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
         "",
         *run_lines,
         "",
-        "To reproduce everything from scratch: `python -m benchmarks.defense.run --jobs 2` "
-        "(the five original attack settings), "
+        "To reproduce everything from scratch: "
+        "`python -m benchmarks.defense.run --jobs 2 --targets 8` "
+        "(the five original attack settings, as run here; without `--targets` it scores all "
+        "25 defined targets), "
         "`python -m benchmarks.defense.run --attacks bullseye-polytope-10pct --targets 12 "
         "--defences none epic-0.1 epic-0.2 epic-0.3 groups deep-knn spectral art-activation "
         "art-spectral --out benchmarks/out/defense-10pct` "
-        "(the realistic setting, poisons at most 10% of their class), then "
+        "(the realistic Bullseye setting, poisons at most 10% of their class) and "
+        "`python -m benchmarks.defense.run --attacks backdoor-10pct --targets 12 --jobs 1 "
+        "--out benchmarks/out/defense-10pct` "
+        "(the realistic backdoor, every defence), then "
         "`python -m benchmarks.defense.isolation`, `python -m benchmarks.defense.separation` "
         "and `python -m benchmarks.defense.report --out benchmarks/out/defense "
         "benchmarks/out/defense-10pct`. "
@@ -535,9 +546,10 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
         f"An attack counts as succeeding undefended when its undefended ASR is at least "
         f"{100 * SUCCESS_ASR:.0f}%. *Paper's EPIC rule*: `method=epic`, logit gradients, "
         "fraction 0.1/0.2/0.3 (best of the three). *gradscore's other settings*: "
-        "knn-density, last-layer gradients, deep-knn, spectral (best of them). Best = lowest "
-        "mean ASR, ties broken by clean accuracy. Differences of a few targets are within "
-        "noise at 25 targets (see the intervals and the paired sign test).",
+        "knn-density, last-layer gradients, deep-knn, groups, spectral (best of them). Best = "
+        "lowest mean ASR, ties broken by clean accuracy. Differences of a few targets are within "
+        f"noise at {_target_counts(summary)} targets (see the intervals and the paired sign "
+        "test).",
         "",
         verdict_lines(summary),
         "",
