@@ -239,7 +239,12 @@ def verdict_lines(summary):
         fo = (f"{bo}: ASR {100 * t[bo]['asr']['mean']:.0f}%, clean acc "
               f"{100 * t[bo]['clean_acc']['mean']:.1f}%")
         undef = v["undefended_asr"]
-        if v["other_beats_paper"] and t[bp]["asr"]["mean"] >= undef - 1e-12:
+        paper_helps = t[bp]["asr"]["mean"] < undef - 1e-12
+        other_helps = t[bo]["asr"]["mean"] < undef - 1e-12
+        if v["other_beats_paper"] and not paper_helps and other_helps:
+            s = (f"; gradscore's best non-paper setting ({fo}) lowers ASR below no defence, "
+                 f"where the paper's best EPIC rule ({fp}) **does not**.")
+        elif v["other_beats_paper"] and not paper_helps:
             s = (f"; gradscore's best non-paper setting ({fo}) does at least as well as the "
                  f"paper's best EPIC rule ({fp}) on ASR and clean accuracy, but **neither lowers "
                  f"ASR below no defence**.")
@@ -481,9 +486,8 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
         *run_lines,
         "",
         "To reproduce everything from scratch: "
-        "`python -m benchmarks.defense.run --jobs 2 --targets 8` "
-        "(the five original attack settings, as run here; without `--targets` it scores all "
-        "25 defined targets), "
+        "`python -m benchmarks.defense.run --jobs 2` "
+        "(the five original attack settings, all 25 defined targets each, as run here), "
         "`python -m benchmarks.defense.run --attacks bullseye-polytope-10pct --targets 12 "
         "--defences none epic-0.1 epic-0.2 epic-0.3 groups deep-knn spectral art-activation "
         "art-spectral --out benchmarks/out/defense-10pct` "
