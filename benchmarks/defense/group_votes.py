@@ -7,7 +7,11 @@ in feature space (as ``groups`` does), takes the smallest tree node holding
 at least 80% of the poisons, and counts the labels at the far end of the
 k-NN edges (k = 20, all classes) that leave it: the votes ``groups`` judges
 that node by. Also runs ``gradscore.score(..., method="groups")`` once and
-reports the poisons' recall. Usage::
+reports the poisons' recall. A second table looks at the logits instead: the
+class the poisons' softmax ranks second most often (``a``), and the
+poisons' probability of ``a`` against the clean examples' of the same
+class (median and 95th percentile): a signal that does not come from labels.
+Usage::
 
     python -m benchmarks.defense.group_votes --dir benchmarks/out/defense/separation \\
         --attacks bullseye-polytope feature-collision
@@ -64,6 +68,7 @@ def main(argv=None):
     ap.add_argument("--attacks", nargs="+", required=True)
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
+    margins = []
     print("| export | class size | poisons | node (poisons) | votes: own / other max / total | groups recall |")
     print("|---|---|---|---|---|---|")
     for attack in a.attacks:
@@ -82,6 +87,28 @@ def main(argv=None):
             print(f"| {os.path.basename(f)} | {rows.size} | {pm.sum()} | {node.size} "
                   f"({pm[node].sum()}) | {votes[c]} / {other} / {votes.sum()} | "
                   f"{(~r.keep)[pm].mean():.2f} |")
+            margins.append((os.path.basename(f), c) + runner_up(lab, lg, pm, c))
+    print()
+    print("| export | class | poisons' runner-up class a (share) | p(a): poisons, median "
+          "| p(a): clean, median / 95th pct |")
+    print("|---|---|---|---|---|")
+    for name, c, a, share, pp, pc, pc95 in margins:
+        print(f"| {name} | {c} | {a} ({share:.2f}) | {pp:.2g} | {pc:.2g} / {pc95:.2g} |")
+
+
+def runner_up(lab, lg, pm, c):
+    """The poisons' most common second class and p(that class), poisons vs clean."""
+    z = lg.astype(np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    own = lab == c
+    q = p.copy()
+    q[:, c] = -1.0
+    second = q.argmax(axis=1)
+    a = int(np.bincount(second[pm & own]).argmax())
+    clean = p[~pm & own, a]
+    return (a, float(np.mean(second[pm & own] == a)), float(np.median(p[pm & own, a])),
+            float(np.median(clean)), float(np.quantile(clean, 0.95)))
 
 
 if __name__ == "__main__":
