@@ -79,16 +79,11 @@ def main():
     lines = ["| runner | wall | load avg | keep-list vs reference |", "|---|---|---|---|"]
     for name, wall, load, same in rows:
         lines.append(f"| {name} | {wall:.1f} s | {load:.1f} | {same} |")
-    text = (f"Machine: {bench_score.machine()}. Date: {time.strftime('%Y-%m-%d')}. Export: "
-            f"{a.n:,} rows x {a.classes} classes, {a.features or 'no'} features, {a.dtype}, "
-            f"in {a.shards} shards. Default method (epic, logits gradient). 'load avg': "
-            f"1-minute load average before the row ran.\n"
-            f"Command: `python benchmarks/bench_dask.py {' '.join(sys.argv[1:])}`\n\n"
-            + "\n".join(lines))
-    print(text)
-    if a.write_docs:
-        bench_score.write_docs(text, key="bench_dask")
-
+    bench_score.publish(
+        f"Export: {a.n:,} rows x {a.classes} classes, {a.features or 'no'} features, "
+        f"{a.dtype}, in {a.shards} shards. Default method (epic, logits gradient). 'load "
+        "avg': 1-minute load average before the row ran.", lines, key="bench_dask",
+        write=a.write_docs)
 
 if __name__ == "__main__":
     main()

@@ -113,6 +113,18 @@ def machine():
     return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}"
 
 
+def publish(about, lines, *, key, write):
+    """Print a table headed by the machine, the date, ``about`` and this run's
+    command line; with ``write``, also into docs/benchmarks.md under ``key``."""
+    script = os.path.basename(sys.argv[0])
+    text = (f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. {about}\n"
+            f"Command: `python benchmarks/{script} {' '.join(sys.argv[1:])}`\n\n"
+            + "\n".join(lines))
+    print(text)
+    if write:
+        write_docs(text, key=key)
+
+
 def write_docs(text, key="bench_score"):
     """Replace this script's section of docs/benchmarks.md (between markers)."""
     doc = os.path.join(ROOT, "docs", "benchmarks.md")

@@ -111,17 +111,11 @@ def main():
                 f"{r[k]:.1f} s" for k in ("read", "gradients", "neighbours", "selection",
                                           "write", "other", "total"))
             + f" | {r['dropped']:,} | {r['load']:.1f} |")
-    text = (f"Machine: {bench_score.machine()}. Date: {time.strftime('%Y-%m-%d')}. One "
-            f"thread (n_jobs=1), in-process, numba kernels warmed. Export: {a.n:,} x "
-            f"{a.classes} classes x {a.features} features, {a.dtype}; default method (epic, "
-            f"logits gradient, which does not read the features). 'load avg': "
-            f"1-minute load average before the row ran (2 cores).\n"
-            f"Command: `python benchmarks/bench_split.py {' '.join(sys.argv[1:])}`\n\n"
-            + "\n".join(lines))
-    print(text)
-    if a.write_docs:
-        bench_score.write_docs(text, key="bench_split")
-
+    bench_score.publish(
+        f"One thread (n_jobs=1), in-process, numba kernels warmed. Export: {a.n:,} x "
+        f"{a.classes} classes x {a.features} features, {a.dtype}; default method (epic, "
+        "logits gradient, which does not read the features). 'load avg': 1-minute load "
+        "average before the row ran (2 cores).", lines, key="bench_split", write=a.write_docs)
 
 if __name__ == "__main__":
     main()

@@ -120,7 +120,7 @@ def score_class(data, params):
     n = data.logits.shape[0]
     every = np.arange(n)
     active = np.ones(n, dtype=bool) if data.active is None else data.active
-    # As in pipeline._score: the authors' rule scores every row.
+    # The authors' rule scores every row; "survivors" only those still kept.
     rows = every if params["cumulative"] == "intersect" else every[active]
     labels = np.full(n, data.label, dtype=np.int64)
     report, rows, s, csize, f, d, messages = _score_class(

@@ -45,7 +45,7 @@ from ..errors import GradscoreError
 from ..io.writer import EpochWriter
 from . import keep_indices
 from ._state import set_keep
-from .torch import KeepSubset, _resolve_layer, _to_device
+from .torch import HeadCapture, KeepSubset, _to_device
 
 __all__ = ["export_epoch", "dataset_ids", "model_input_columns", "GradscoreTrainerCallback",
            "keep_indices"]
@@ -188,47 +188,23 @@ def export_epoch(model, dataset, path, *, label_column="label", id_column=None,
     exclude = () if id_column is None else (id_column,)
     inputs_cols = list(input_columns) if input_columns is not None else \
         model_input_columns(model, dataset, exclude=exclude)
-    name, module = _resolve_layer(model, layer)
-    if not isinstance(module, torch.nn.Linear):
-        raise GradscoreError(f"layer {name!r} is a {type(module).__name__}, not nn.Linear")
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-    captured = []
-
-    def hook(_module, args, kwargs, output):
-        x = args[0] if args else kwargs["input"]
-        captured.append((x.detach(), output.detach()))
-
-    modes = [(m, m.training) for m in model.modules()]
-    handle = module.register_forward_hook(hook, with_kwargs=True)
     out = os.fspath(path)
     n = len(dataset)
-    try:
-        model.eval()
-        with torch.no_grad(), EpochWriter(out, epoch=epoch, dtype=dtype) as writer:
-            for start in range(0, n, batch_size):
-                stop = min(n, start + batch_size)
-                block = dataset[start:stop]
-                rows = [{c: block[c][i] for c in inputs_cols} for i in range(stop - start)]
-                batch = collate_fn(rows) if collate_fn is not None else \
-                    _default_collate(rows, inputs_cols)
-                batch = {k: v for k, v in dict(batch).items() if k not in _LABEL_NAMES}
-                captured.clear()
-                result = model(**_to_device(batch, device))
-                if len(captured) != 1:
-                    raise GradscoreError(
-                        f"layer {name!r} ran {len(captured)} times in one forward pass; "
-                        "export needs the head's layer to run exactly once")
-                logits = getattr(result, "logits", None)
-                feats, head_out = _pool(name, *captured[0], logits)
-                labels = np.asarray(block[label_column])
-                writer.append(labels, head_out.float().cpu().numpy(),
-                              feats.float().cpu().numpy(), ids[start:stop])
-    finally:
-        handle.remove()
-        for m, training in modes:
-            m.training = training
+    with HeadCapture(model, layer, device) as head, \
+            EpochWriter(out, epoch=epoch, dtype=dtype) as writer:
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            block = dataset[start:stop]
+            rows = [{c: block[c][i] for c in inputs_cols} for i in range(stop - start)]
+            batch = collate_fn(rows) if collate_fn is not None else \
+                _default_collate(rows, inputs_cols)
+            batch = {k: v for k, v in dict(batch).items() if k not in _LABEL_NAMES}
+            captured, result = head.forward(**_to_device(batch, head.device))
+            logits = getattr(result, "logits", None)
+            feats, head_out = _pool(head.name, *captured, logits)
+            labels = np.asarray(block[label_column])
+            writer.append(labels, head_out.float().cpu().numpy(),
+                          feats.float().cpu().numpy(), ids[start:stop])
     return out
 
 

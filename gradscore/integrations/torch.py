@@ -231,58 +231,85 @@ def export_epoch(model, loader, path, *, layer=None, epoch=None, rank=None,
                              "the export; use a loader with drop_last=False")
     out = shard_path(path, rank) if world_size > 1 else os.fspath(path)
     limit = _shard_limit(loader, rank, world_size)
-    name, module = _resolve_layer(model, layer)
-    if not isinstance(module, torch.nn.Linear):
-        raise GradscoreError(f"layer {name!r} is a {type(module).__name__}, not nn.Linear")
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
     split = batch_fn or _split_batch
-    captured = []
-
-    def hook(_module, args, kwargs, output):
-        x = args[0] if args else kwargs["input"]
-        captured.append((x.detach(), output.detach()))
-
-    modes = [(m, m.training) for m in model.modules()]
-    handle = module.register_forward_hook(hook, with_kwargs=True)
     seen = 0
-    try:
-        model.eval()
-        # The writer takes its layout from the first batch and publishes the
-        # file only if the whole epoch went through.
-        with torch.no_grad(), EpochWriter(out, epoch=epoch, dtype=dtype) as writer:
-            for batch in loader:
-                ids, inputs, labels = split(batch)
-                captured.clear()
-                model(_to_device(inputs, device))
-                if len(captured) != 1:
-                    raise GradscoreError(
-                        f"layer {name!r} ran {len(captured)} times in one forward pass; "
-                        "export needs the final layer to run exactly once")
-                feats, logits = captured[0]
-                if feats.ndim != 2:
-                    raise GradscoreError(
-                        f"layer {name!r} got input of shape {tuple(feats.shape)}; export "
-                        "needs 2-D (batch, n_features) input to the final layer")
-                ids = _numpy_ids(ids)
-                labels = _numpy_ids(labels)
-                feats = feats.float().cpu().numpy()
-                logits = logits.float().cpu().numpy()
-                if limit is not None:
-                    # Keep only the first `limit` rows of this rank's order.
-                    take = max(0, min(labels.shape[0], limit - seen))
-                    seen += labels.shape[0]
-                    if take == 0:
-                        continue
-                    ids, labels, feats, logits = ids[:take], labels[:take], \
-                        feats[:take], logits[:take]
-                writer.append(labels, logits, feats, ids)
-    finally:
-        handle.remove()
-        for m, training in modes:
-            m.training = training
+    # The writer takes its layout from the first batch and publishes the
+    # file only if the whole epoch went through.
+    with HeadCapture(model, layer, device) as head, \
+            EpochWriter(out, epoch=epoch, dtype=dtype) as writer:
+        name = head.name
+        for batch in loader:
+            ids, inputs, labels = split(batch)
+            (feats, logits), _ = head.forward(_to_device(inputs, head.device))
+            if feats.ndim != 2:
+                raise GradscoreError(
+                    f"layer {name!r} got input of shape {tuple(feats.shape)}; export "
+                    "needs 2-D (batch, n_features) input to the final layer")
+            ids = _numpy_ids(ids)
+            labels = _numpy_ids(labels)
+            feats = feats.float().cpu().numpy()
+            logits = logits.float().cpu().numpy()
+            if limit is not None:
+                # Keep only the first `limit` rows of this rank's order.
+                take = max(0, min(labels.shape[0], limit - seen))
+                seen += labels.shape[0]
+                if take == 0:
+                    continue
+                ids, labels, feats, logits = ids[:take], labels[:take], \
+                    feats[:take], logits[:take]
+            writer.append(labels, logits, feats, ids)
     return out
+
+
+class HeadCapture:
+    """Run a model in eval mode with no grad, capturing its final linear layer.
+
+    The context resolves ``layer`` (:func:`_resolve_layer`), hooks it, and on
+    exit removes the hook and restores every module's training flag.
+    :meth:`forward` calls the model once and returns the layer's
+    ``(input, output)``, refusing a layer that did not run exactly once.
+    """
+
+    def __init__(self, model, layer, device=None):
+        self.model = model
+        self.name, self.module = _resolve_layer(model, layer)
+        if not isinstance(self.module, torch.nn.Linear):
+            raise GradscoreError(f"layer {self.name!r} is a {type(self.module).__name__}, "
+                                 "not nn.Linear")
+        if device is None:
+            first = next(model.parameters(), None)
+            device = first.device if first is not None else torch.device("cpu")
+        self.device = device
+        self._captured = []
+
+    def _hook(self, _module, args, kwargs, output):
+        x = args[0] if args else kwargs["input"]
+        self._captured.append((x.detach(), output.detach()))
+
+    def __enter__(self):
+        self._modes = [(m, m.training) for m in self.model.modules()]
+        self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
+        self._no_grad = torch.no_grad()
+        self._no_grad.__enter__()
+        self.model.eval()
+        return self
+
+    def __exit__(self, *exc):
+        self._no_grad.__exit__(*exc)
+        self._handle.remove()
+        for m, training in self._modes:
+            m.training = training
+        return False
+
+    def forward(self, *args, **kwargs):
+        """``((layer_input, layer_output), model_result)`` of one forward pass."""
+        self._captured.clear()
+        result = self.model(*args, **kwargs)
+        if len(self._captured) != 1:
+            raise GradscoreError(
+                f"layer {self.name!r} ran {len(self._captured)} times in one forward pass; "
+                "export needs the final layer to run exactly once")
+        return self._captured[0], result
 
 
 def _resolve_ids(ids):

@@ -121,8 +121,10 @@ def spill_shard(spec, start=0, stop=None):
     """
     src = _Source(spec.path)
     try:
+        # Called without a range, it spills the whole file and makes its files;
+        # pieces write into files create_spill_files made beforehand.
+        whole = stop is None
         stop = src.n if stop is None else min(stop, src.n)
-        whole = start == 0 and stop == src.n
         labels = _read_labels(src, spec.num_classes)
         computed = S.LOGITS not in src.ds
         # As read_epoch: features are read only when spilled or needed to

@@ -17,9 +17,10 @@ from .._vexp import exp_chunk
 
 
 @njit(cache=True, nogil=True)
-def _insert(kd, ki, thr, row, v, j):
-    # Keep row's k smallest (distance, column) pairs, sorted; thr[row] is
-    # the k-th distance (the caller turns most candidates away by it).
+def insert_knn(kd, ki, thr, row, v, j):
+    # Keep row's k smallest (distance, column) pairs, sorted, in any order of
+    # arrival; thr[row] is the k-th distance (callers turn most candidates
+    # away by it before calling).
     last = kd.shape[1] - 1
     if v < kd[row, last] or j < ki[row, last]:
         p = last
@@ -71,9 +72,9 @@ def _similarity_and_knn(gram, sq, groups, inv_dim, knn_idx, knn_d2):
                     v = seg[t]
                     j = j0 + t
                     if v <= thr[i]:
-                        _insert(knn_d2, knn_idx, thr, i, v, j)
+                        insert_knn(knn_d2, knn_idx, thr, i, v, j)
                     if v <= thr[j]:
-                        _insert(knn_d2, knn_idx, thr, j, v, i)
+                        insert_knn(knn_d2, knn_idx, thr, j, v, i)
                 for t in range(m):
                     seg[t] = -np.sqrt(seg[t]) * inv_dim
                 exp_chunk(seg[:m], work)

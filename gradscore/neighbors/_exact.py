@@ -4,6 +4,8 @@ from numba import njit
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ._dense import insert_knn, lower_gram
+
 #: Bytes of distance block the brute-force search holds at once.
 _BLOCK_BYTES = 64 * 2**20
 #: An unbalanced tree with larger leaves queries faster than scipy's defaults
@@ -15,8 +17,6 @@ KDTREE_MAX_DIM = 16
 
 def pairwise_sqdist(grads):
     """Dense (n, n) squared euclidean distances, exact zeros on the diagonal."""
-    from ._dense import lower_gram
-
     sq = grads.sqnorms()
     # The Gram matrix as similarity_and_knn computes it (BLAS syrk, lower
     # triangle, mirrored), and |a|^2 + |b|^2 summed first: the result is
@@ -96,12 +96,12 @@ def _block_knn(gram, sq, groups, row0, idx, d2):
     # column), from its Gram row; the same numbers as pairwise_sqdist's.
     b, n = gram.shape
     k = idx.shape[1]
+    thr = np.full(b, np.inf)
     for r in range(b):
         i = row0 + r
         for t in range(k):
             d2[r, t] = np.inf
             idx[r, t] = -1
-        thr = np.inf
         gi = groups[i]
         sqi = sq[i]
         for j in range(n):
@@ -109,17 +109,8 @@ def _block_knn(gram, sq, groups, row0, idx, d2):
             v += sqi + sq[j]
             if v < 0.0 or groups[j] == gi:
                 v = 0.0  # exact duplicates lie at distance 0
-            # Columns come in order, so an equal distance found later never
-            # displaces an earlier one.
-            if v < thr and j != i:
-                p = k - 1
-                while p > 0 and d2[r, p - 1] > v:
-                    d2[r, p] = d2[r, p - 1]
-                    idx[r, p] = idx[r, p - 1]
-                    p -= 1
-                d2[r, p] = v
-                idx[r, p] = j
-                thr = d2[r, k - 1]
+            if v <= thr[r] and j != i:
+                insert_knn(d2, idx, thr, r, v, j)
 
 
 def kdtree_kneighbors(grads, k, *, random_state=None):
