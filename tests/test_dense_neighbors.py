@@ -58,6 +58,7 @@ def test_class_threads_get_one_blas_thread_each():
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 
     before = blas_threads()
+    assert before, "threadpoolctl finds no BLAS library to limit"
     with one_blas_thread_each(2):
         assert all(t == 1 for t in blas_threads())
     assert blas_threads() == before
