@@ -25,3 +25,14 @@ def make_data(n=600, c=4, d=8, seed=0, margin=4.0):
     logits = rng.normal(size=(n, c)) + margin * np.eye(c)[labels]
     features = rng.normal(size=(n, d)) + 2.0 * np.eye(c, d)[labels]
     return labels, logits, features
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Torch on one thread for the test (tiny models: threads only contend)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -31,12 +31,7 @@ from gradscore.schedule import DropSchedule  # noqa: E402
 N = 500
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def digits_tokens(n=N, *, str_ids=False, ragged=False, seed=0):

@@ -5,14 +5,12 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("lightning")
 pytest.importorskip("sklearn")
 
-import torch  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
 
 import gradscore  # noqa: E402
@@ -26,12 +24,7 @@ from lightning_digits import DigitsModule, digits_set, trainer  # noqa: E402
 N = 600
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_epochs_after_scoring_see_exactly_the_kept_ids(tmp_path):
