@@ -84,3 +84,22 @@ def test_quick_mode_produces_every_metric_for_every_defence(tmp_path):
     for a, b in zip(again, sorted(removed, key=lambda r: r["target"])):
         for m in ("success", "clean_acc", "poison_recall", "clean_dropped", "n_dropped"):
             assert a[m] == b[m], (m, a[m], b[m])
+
+
+def test_target_draw_is_a_prefix_and_longer_runs_extend_it():
+    import numpy as np
+    ok = np.arange(3, 900, 2)
+
+    def rows(n, draw):
+        return run.draw_rows(ok, n, draw, np.random.default_rng(7))
+
+    full = rows(25, 25)
+    assert len(set(full)) == 25 and set(full) <= set(ok)
+    # A shorter run scores a prefix of the full run's targets.
+    assert list(rows(6, 25)) == list(full[:6])
+    # A setting drawn with 12 targets keeps them when run with 25, and the
+    # 13 new ones are other rows.
+    twelve = rows(12, 12)
+    extended = rows(25, 12)
+    assert list(extended[:12]) == list(twelve)
+    assert len(set(extended)) == 25 and set(extended) <= set(ok)

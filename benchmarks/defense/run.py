@@ -60,6 +60,25 @@ def pretrained_model(splits, seed, device, out):
     return model
 
 
+def draw_rows(ok, n, draw, rng):
+    """The first ``n`` test rows of a setting's targets, drawn from ``ok``.
+
+    Draws the full run's ``draw`` targets and takes the first ``n``, so that a
+    shorter run (``--targets n``) scores a prefix of the full run's targets.
+    A setting may fix its own draw size (``target_draw``: the realistic
+    settings were first run with 12 targets, drawn before this rule). Targets
+    beyond the draw come from a second draw of the same generator among the
+    rows not drawn yet, so that a longer run extends the shorter one's
+    targets instead of replacing them.
+    """
+    rows = rng.choice(ok, size=min(draw, ok.size), replace=False)
+    if n > rows.size:
+        rest = np.setdiff1d(ok, rows)
+        rows = np.concatenate([rows, rng.choice(rest, size=min(n - rows.size, rest.size),
+                                                replace=False)])
+    return rows[:n]
+
+
 def choose_targets(name, splits, pretrained, n, seed, device):
     """Targets fixed by seed.
 
@@ -73,12 +92,7 @@ def choose_targets(name, splits, pretrained, n, seed, device):
                 for i in range(n)]
     feats, logits = M.outputs(pretrained, splits.x_test, device)
     ok = np.flatnonzero(logits.argmax(1) == splits.y_test)
-    # Draw the full run's targets and take the first n, so that a shorter run
-    # (--targets n) scores a prefix of the full run's targets.
-    # A setting may fix its own draw size ("target_draw"): the realistic
-    # settings were run with 12 targets, drawn before this rule.
-    draw = C.ATTACKS[name].get("target_draw", C.FULL["n_targets"])
-    rows = rng.choice(ok, size=max(n, draw), replace=False)[:n]
+    rows = draw_rows(ok, n, C.ATTACKS[name].get("target_draw", C.FULL["n_targets"]), rng)
     out = []
     for i, r in enumerate(rows):
         lg = logits[r].copy()
