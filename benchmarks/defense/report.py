@@ -251,6 +251,9 @@ def verdict_lines(summary):
         elif v["other_beats_paper"]:
             s = (f"; gradscore's best non-paper setting ({fo}) lowers ASR at least as much as "
                  f"the paper's best EPIC rule ({fp}) at no larger clean-accuracy cost.")
+        elif v["other_asr_le_paper"]:
+            s = (f"; gradscore's best non-paper setting ({fo}) lowers ASR at least as much as "
+                 f"the paper's best EPIC rule ({fp}), at **lower clean accuracy**.")
         else:
             why = []
             if not v["other_asr_le_paper"]:
@@ -283,8 +286,9 @@ def verdict_lines(summary):
 def target_lines(summary):
     """Issue 11's targets for the new method, checked per attack setting."""
     head = ("| attack | undefended ASR | groups ASR | best peer (ASR) | groups ASR <= best "
-            "peer | clean dropped | acc. loss (points) | poison recall | all targets met |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+            "peer | best peer within the clean-data bound (ASR) | clean dropped | acc. loss "
+            "(points) | poison recall | all targets met |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for attack, a in summary["attacks"].items():
         t = a["defences"]
         if NEW_METHOD not in t or "none" not in t:
@@ -294,9 +298,14 @@ def target_lines(summary):
         peers = [d for d in PEERS if d in t]
         best = min(peers, key=lambda d: (t[d]["asr"]["mean"], -t[d]["clean_acc"]["mean"])) \
             if peers else None
+        # A second reading of the target: peers held to the same clean-data bound.
+        bounded = [d for d in peers if t[d]["clean_dropped"]["mean"] <= TARGET_CLEAN_DROP]
+        best_b = min(bounded, key=lambda d: (t[d]["asr"]["mean"], -t[d]["clean_acc"]["mean"])) \
+            if bounded else None
+        bcell_b = (f"{best_b} ({100 * t[best_b]['asr']['mean']:.0f}%)" if best_b else "none")
         if und < TARGET_SUCCESS_ASR:
             lines.append(f"| {attack} | {100 * und:.0f}% | {100 * g['asr']['mean']:.0f}% | "
-                         f"– | – | {100 * g['clean_dropped']['mean']:.1f}% | – | "
+                         f"– | – | – | {100 * g['clean_dropped']['mean']:.1f}% | – | "
                          f"{100 * g['poison_recall']['mean']:.0f}% | (below "
                          f"{100 * TARGET_SUCCESS_ASR:.0f}% undefended: no target) |")
             continue
@@ -306,7 +315,7 @@ def target_lines(summary):
         ok = le and drop <= TARGET_CLEAN_DROP and loss <= TARGET_ACC_LOSS
         bcell = f"{best} ({100 * t[best]['asr']['mean']:.0f}%)" if best else "–"
         lines.append(f"| {attack} | {100 * und:.0f}% | {100 * g['asr']['mean']:.0f}% | {bcell} | "
-                     f"{'yes' if le else '**no**'} | {100 * drop:.1f}% | {100 * loss:+.1f} | "
+                     f"{'yes' if le else '**no**'} | {bcell_b} | {100 * drop:.1f}% | {100 * loss:+.1f} | "
                      f"{100 * g['poison_recall']['mean']:.0f}% | {'yes' if ok else '**no**'} |")
     return "\n".join(lines)
 
@@ -430,6 +439,28 @@ def _separation_section(out):
     ]
 
 
+def _signals_section(out):
+    rows = _json_rows(out, "signals.json")
+    if not rows:
+        return []
+    from .signals import markdown
+    return [
+        "## Two signals that do not come from labels",
+        "",
+        "From `python -m benchmarks.defense.signals` on the same exports (see its docstring "
+        "and docs/method.md, \"Where `groups` misses\"). *Margin lift*: how far a candidate group of "
+        "`groups` (a node of the class's single-linkage tree in feature space) leans towards "
+        "one other class, as the median logit margin of its members minus the rest of the "
+        "class's; for the poisons, the best node that is mostly poisons and holds most of "
+        "them; for clean classes, their largest lift. *Two-means*: ActivationDefence's split "
+        "(10 principal components, k-means with k=2, the smaller cluster flagged) and its "
+        "silhouette, in the poisons' class against the clean classes of the same export.",
+        "",
+        markdown(rows),
+        "",
+    ]
+
+
 def _isolation_section(out):
     rows = _json_rows(out, "isolation.json")
     if not rows:
@@ -459,7 +490,34 @@ def _target_counts(summary):
     return str(n[0]) if n[0] == n[-1] else f"{n[0]} to {n[-1]}"
 
 
-def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
+def _replication_section(replication):
+    """The issue-target table of a run on other seeds (data split, network, targets, poisons)."""
+    if not replication:
+        return []
+    summary = summarise(replication)
+    meta = load_meta(replication)
+    runs = meta.get("runs", [meta] if "command" in meta else [])
+    seeds = sorted({r["command"].split("--seed ")[1].split()[0] for r in runs
+                    if "--seed " in r["command"]})
+    return [
+        "## Replication on targets the method never saw (computed)",
+        "",
+        "The same table for a second run with "
+        f"{'seed ' + ', '.join(seeds) if seeds else 'another seed'}: another train/test split "
+        "and pre-trained network, other targets and other poisons, none of which was looked "
+        "at while `groups` was designed. Commands:",
+        "",
+        *[f"- `{r['command']}`; wall time {r['wall_seconds'] / 60:.1f} min" for r in runs],
+        "",
+        target_lines(summary),
+        "",
+        "Its full per-defence tables: `python -m benchmarks.defense.report --out "
+        f"{' '.join(os.path.relpath(o, REPO) for o in _outs(replication))} --docs-dir <folder>`.",
+        "",
+    ]
+
+
+def write_docs(out, summary, meta, *, targets_dir, docs_dir=None, replication=None):
     docs_dir = docs_dir or os.path.join(REPO, "docs")
     os.makedirs(docs_dir, exist_ok=True)
     png = os.path.join(docs_dir, "defense-asr-vs-accuracy.png")
@@ -488,16 +546,20 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
         "To reproduce everything from scratch: "
         "`python -m benchmarks.defense.run --jobs 2` "
         "(the five original attack settings, all 25 defined targets each, as run here), "
-        "`python -m benchmarks.defense.run --attacks bullseye-polytope-10pct --targets 12 "
+        "`python -m benchmarks.defense.run --attacks bullseye-polytope-10pct --targets 25 "
         "--defences none epic-0.1 epic-0.2 epic-0.3 groups deep-knn spectral art-activation "
         "art-spectral --out benchmarks/out/defense-10pct` "
         "(the realistic Bullseye setting, poisons at most 10% of their class) and "
-        "`python -m benchmarks.defense.run --attacks backdoor-10pct --targets 12 --jobs 1 "
+        "`python -m benchmarks.defense.run --attacks backdoor-10pct --targets 25 --jobs 1 "
         "--out benchmarks/out/defense-10pct` "
         "(the realistic backdoor, every defence), then "
         "`python -m benchmarks.defense.isolation`, `python -m benchmarks.defense.separation` "
-        "and `python -m benchmarks.defense.report --out benchmarks/out/defense "
-        "benchmarks/out/defense-10pct`. "
+        "(with `--out benchmarks/out/defense-10pct --max-targets 12` for the realistic "
+        "settings), `python -m benchmarks.defense.signals --dir <each out folder>` and "
+        "`python -m benchmarks.defense.report --out benchmarks/out/defense "
+        "benchmarks/out/defense-10pct --replication benchmarks/out/defense-seed1`; the "
+        "replication is `python -m benchmarks.defense.run --jobs 2 --seed 1 --targets-dir "
+        "benchmarks/defense/targets-seed1 --out benchmarks/out/defense-seed1`. "
         "Smoke test: `python -m benchmarks.defense.run --quick` (2 backdoor targets, 6 epochs). "
         "Add `--device cuda` to run on a GPU.",
         "",
@@ -540,11 +602,16 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None):
         f"{100 * TARGET_CLEAN_DROP:.0f}% of clean data dropped and at most "
         f"{100 * TARGET_ACC_LOSS:.0f} point of clean accuracy lost against no defence; poison "
         f"recall at least {100 * TARGET_RECALL:.0f}% on the backdoor and two clean-label "
-        "attacks.",
+        "attacks. \"All targets met\" holds `groups` to the best peer at any clean-data "
+        "cost, as the issue states it; the column before it names the best peer that stays "
+        f"within the same {100 * TARGET_CLEAN_DROP:.0f}% bound, a second reading given for "
+        "context only.",
         "",
         target_lines(summary),
         "",
+        *_replication_section(replication),
         *_separation_section(out),
+        *_signals_section(out),
         "## Verdicts (computed)",
         "",
         f"An attack counts as succeeding undefended when its undefended ASR is at least "
@@ -570,11 +637,15 @@ def main(argv=None):
                     help="one or more output folders of run.py; their results are merged")
     ap.add_argument("--targets-dir", default=os.path.join(HERE, "targets"))
     ap.add_argument("--docs-dir", default=None)
+    ap.add_argument("--replication", nargs="+", default=None,
+                    help="output folders of a run with another --seed: reported apart, "
+                         "never merged with --out")
     args = ap.parse_args(argv)
     summary = summarise(args.out)
     print(markdown_table(summary))
     meta = load_meta(args.out)
-    write_docs(args.out, summary, meta, targets_dir=args.targets_dir, docs_dir=args.docs_dir)
+    write_docs(args.out, summary, meta, targets_dir=args.targets_dir, docs_dir=args.docs_dir,
+               replication=args.replication)
     return 0
 
 
