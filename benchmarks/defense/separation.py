@@ -22,7 +22,8 @@ poisons against the clean examples *of the poisons' labelled class*:
     (100 = farthest).
 
 The exports are saved as ``<out>/separation/<attack>_<target>.npz`` (so the
-method can be developed on them) and the table as
+method can be developed on them), the victim's logits before its first epoch
+as ``<out>/separation-start/<attack>_<target>.npz``, and the table as
 ``<out>/separation.json``. Usage::
 
     python -m benchmarks.defense.separation --out benchmarks/out/defense \\
@@ -134,6 +135,15 @@ def export_warmup(name, t, splits, pre, out, device):
     return yp, logits, feats, is_p
 
 
+def start_logits(name, t, splits, pre, out, device):
+    """The victim's logits on the poisoned set before its first epoch of training."""
+    cfg = C.attack_config(name)
+    vc = cfg["victim"]
+    xp, _, _, _ = R.load_or_craft(name, cfg, splits, pre, t, device, out)
+    run = V._Run(V.make_victim(pre, splits.num_classes, vc, t["seed"]), vc)
+    return M.outputs(run.model, xp, device)[1]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(R.REPO, "benchmarks", "out", "defense"))
@@ -163,6 +173,12 @@ def main(argv=None):
             else:
                 y, lg, ft, isp = export_warmup(name, t, splits, pre, args.out, args.device)
                 np.savez_compressed(npz, labels=y, logits=lg, features=ft, is_poison=isp)
+            # The start, for signals.py's training-dynamics measure.
+            start = os.path.join(args.out, "separation-start", os.path.basename(npz))
+            if not os.path.exists(start):
+                os.makedirs(os.path.dirname(start), exist_ok=True)
+                np.savez_compressed(start, logits=start_logits(name, t, splits, pre, args.out,
+                                                               args.device))
             rows.append(dict(attack=name, target=t["target"], **measure(y, lg, ft, isp)))
         R.log(f"separation: {name} done")
     with open(path + ".tmp", "w") as fh:

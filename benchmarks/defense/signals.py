@@ -25,6 +25,13 @@ classes alone.
     class's median margin towards it, when at least 10% of the class is.
     Reports the poisons and the clean examples (of the whole export) it
     drops, at ``delta`` = 3 and 6.
+``margin gain``
+    Training dynamics, where ``<dir>/separation-start/`` holds the victim's
+    logits before its first epoch: each example's own-class margin (its
+    label's logit minus the largest other) at the first drop, minus the same
+    before training. A node's gain lift is the median gain of its members
+    minus the rest of the class's; reported as for the margin lift. Not
+    part of ``groups``: gradscore scores one export at a time.
 ``two-means``
     ART ActivationDefence's rule: per class, the features projected on their
     10 leading principal components, k-means with k=2, and the smaller
@@ -83,11 +90,26 @@ def tree_nodes(features):
         yield np.array(members[a])
 
 
+def own_margin(logits, labels):
+    """Each row's label logit minus its largest other logit."""
+    rows = np.arange(labels.size)
+    other = logits.copy()
+    other[rows, labels] = -np.inf
+    return logits[rows, labels] - other.max(1)
+
+
 def node_lifts(logits, label, features, is_poison):
-    """(largest lift of a poison node or NaN, largest lift of a clean node or NaN) in one class."""
+    """(largest lift of a poison node or NaN, largest lift of a clean node or NaN) in one class.
+
+    ``logits`` of shape (n, C): the lift is over the margins towards each
+    other class. Of shape (n, 1): over that one value (such as a gain).
+    """
     n = logits.shape[0]
-    margin = logits - logits[:, [label]]
-    margin = np.delete(margin, label, axis=1)
+    if logits.shape[1] == 1:
+        margin = logits
+    else:
+        margin = logits - logits[:, [label]]
+        margin = np.delete(margin, label, axis=1)
     best_poison, best_clean = np.nan, np.nan
     n_poison = int(is_poison.sum())
     for g in tree_nodes(features):
@@ -133,11 +155,21 @@ def two_means(features, seed=0):
     return small, float(silhouette_score(x, lab))
 
 
-def measure(labels, logits, features, is_poison):
+def measure(labels, logits, features, is_poison, start_logits=None):
     logits = logits.astype(np.float64)
     features = features.astype(np.float64)
     pc = int(np.bincount(labels[is_poison]).argmax())
     out = dict(clean_lifts=[], clean_sil=[])
+    if start_logits is not None:
+        gain = own_margin(logits, labels) - own_margin(start_logits.astype(np.float64), labels)
+        out["clean_gain_lifts"] = []
+        for c in np.unique(labels):
+            rows = labels == c
+            lp, lc = node_lifts(gain[rows, None], int(c), features[rows], is_poison[rows])
+            if c == pc:
+                out["poison_gain_lift"] = lp
+            else:
+                out["clean_gain_lifts"].append(lc)
     for delta in RULE_DELTAS:
         d = margin_rule(labels, logits, delta)
         out[f"rule{delta:g}_recall"] = float(d[is_poison].mean())
@@ -179,9 +211,37 @@ def summarise(rows):
             sil=float(np.median(sil)), sil_clean=float(np.median(np.concatenate(
                 [r["clean_sil"] for r in rs]))),
             sil_first=int(np.sum(sil > sil_clean)),
+            **_gain_summary(rs),
             **{f"rule{d:g}_{m}": float(np.mean([r[f"rule{d:g}_{m}"] for r in rs]))
                for d in RULE_DELTAS for m in ("recall", "clean")}))
     return table
+
+
+def _gain_summary(rs):
+    rs = [r for r in rs if "poison_gain_lift" in r]
+    if not rs:
+        return {}
+    lift = np.array([r["poison_gain_lift"] for r in rs], dtype=float)
+    clean_max = np.array([np.nanmax(r["clean_gain_lifts"]) for r in rs])
+    return dict(gain_exports=len(rs),
+                gain_lift=float(np.nanmedian(lift)) if np.isfinite(lift).any() else float("nan"),
+                gain_clean=float(np.nanmedian(np.concatenate([r["clean_gain_lifts"] for r in rs]))),
+                gain_first=int(np.sum(lift > clean_max)))
+
+
+def markdown_gain(rows):
+    """The training-dynamics table, for the attacks whose start logits were saved."""
+    lines = ["| attack | victim | exports | poison node's margin-gain lift (median, nats) | "
+             "clean classes' largest (median) | poison node gains more than every clean "
+             "class |", "|---|---|---|---|---|---|"]
+    from . import config as C
+    for t in summarise(rows):
+        if "gain_exports" not in t:
+            continue
+        n = t["gain_exports"]
+        lines.append(f"| {t['attack']} | {C.ATTACKS[t['attack']]['victim'].mode} | {n} | "
+                     f"{t['gain_lift']:.1f} | {t['gain_clean']:.1f} | {t['gain_first']} / {n} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def markdown(rows):
@@ -254,15 +314,19 @@ def main(argv=None):
         if z["is_poison"].sum() == np.sum(z["labels"] == np.bincount(
                 z["labels"][z["is_poison"]]).argmax()):
             continue   # the whole class is poisons: nothing to compare with
+        start = os.path.join(args.dir, "separation-start", os.path.basename(path))
+        start = np.load(start)["logits"] if os.path.exists(start) else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            m = measure(z["labels"], z["logits"], z["features"], z["is_poison"].astype(bool))
+            m = measure(z["labels"], z["logits"], z["features"], z["is_poison"].astype(bool),
+                        start)
         rows.append(dict(attack=attack, target=int(target), **m))
     path = os.path.join(args.dir, "signals.json")
     with open(path + ".tmp", "w") as fh:
         json.dump(rows, fh, indent=1)
     os.replace(path + ".tmp", path)
     print(markdown(rows))
+    print(markdown_gain(rows))
     return 0
 
 
