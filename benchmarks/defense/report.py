@@ -443,7 +443,16 @@ def _signals_section(out):
     rows = _json_rows(out, "signals.json")
     if not rows:
         return []
-    from .signals import markdown
+    from .signals import markdown, markdown_gain
+    gain = markdown_gain(rows)
+    gain_lines = [
+        "*Margin gain* (training dynamics, not in gradscore: it needs a second export): each "
+        "example's own-class margin at the first drop minus the same before the victim's "
+        "first epoch, and how much more a candidate group gains than the rest of its class.",
+        "",
+        gain,
+        "",
+    ] if gain else []
     return [
         "## Two signals that do not come from labels",
         "",
@@ -458,6 +467,7 @@ def _signals_section(out):
         "",
         markdown(rows),
         "",
+        *gain_lines,
     ]
 
 
