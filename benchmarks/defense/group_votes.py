@@ -28,35 +28,16 @@ import gradscore
 from gradscore import neighbors as nb
 from gradscore.gradients import DenseGradients
 from gradscore.pipeline import _canonical_order
-from gradscore.selection.groups import tree_edges
 
-K = 20
+from .signals import K, tree_nodes
 
 
 def poison_node(lab, lg, ft, pm, share=0.8):
     c = int(np.bincount(lab[pm]).argmax())
     rows = np.flatnonzero(lab == c)
     rows = rows[_canonical_order(lg[rows], ft[rows])]
-    idx, d2, _ = nb.kneighbors(DenseGradients(ft[rows]), min(K, rows.size - 1))
-    ei, ej, _ = tree_edges(idx, d2)
-    parent = np.arange(rows.size)
-    members = {i: [i] for i in range(rows.size)}
-
-    def find(x):
-        while parent[x] != x:
-            x = parent[x]
-        return x
-
     ispo = pm[rows]
-    for a, b in zip(ei, ej):
-        a, b = find(a), find(b)
-        if a == b:
-            continue
-        if len(members[a]) < len(members[b]):
-            a, b = b, a
-        parent[b] = a
-        members[a] += members.pop(b)
-        m = np.array(members[a])
+    for m in tree_nodes(ft[rows]):
         if ispo[m].sum() >= share * ispo.sum():
             return c, rows, rows[m]
     return c, rows, rows

@@ -296,12 +296,10 @@ def target_lines(summary):
         none, g = t["none"], t[NEW_METHOD]
         und = none["asr"]["mean"]
         peers = [d for d in PEERS if d in t]
-        best = min(peers, key=lambda d: (t[d]["asr"]["mean"], -t[d]["clean_acc"]["mean"])) \
-            if peers else None
+        best = _best(t, peers)
         # A second reading of the target: peers held to the same clean-data bound.
-        bounded = [d for d in peers if t[d]["clean_dropped"]["mean"] <= TARGET_CLEAN_DROP]
-        best_b = min(bounded, key=lambda d: (t[d]["asr"]["mean"], -t[d]["clean_acc"]["mean"])) \
-            if bounded else None
+        best_b = _best(t, [d for d in peers
+                           if t[d]["clean_dropped"]["mean"] <= TARGET_CLEAN_DROP])
         bcell_b = (f"{best_b} ({100 * t[best_b]['asr']['mean']:.0f}%)" if best_b else "none")
         if und < TARGET_SUCCESS_ASR:
             lines.append(f"| {attack} | {100 * und:.0f}% | {100 * g['asr']['mean']:.0f}% | "
@@ -563,9 +561,11 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None, replication=No
         "`python -m benchmarks.defense.run --attacks backdoor-10pct --targets 25 --jobs 1 "
         "--out benchmarks/out/defense-10pct` "
         "(the realistic backdoor, every defence), then "
-        "`python -m benchmarks.defense.isolation`, `python -m benchmarks.defense.separation` "
-        "(with `--out benchmarks/out/defense-10pct --max-targets 12` for the realistic "
-        "settings), `python -m benchmarks.defense.signals --dir <each out folder>` and "
+        "`python -m benchmarks.defense.isolation`, `python -m benchmarks.defense.separation "
+        "--attacks backdoor gradient-matching gradient-matching-35 bullseye-polytope "
+        "feature-collision` and `python -m benchmarks.defense.separation --out "
+        "benchmarks/out/defense-10pct --attacks bullseye-polytope-10pct backdoor-10pct`, "
+        "`python -m benchmarks.defense.signals --dir <each of the two out folders>` and "
         "`python -m benchmarks.defense.report --out benchmarks/out/defense "
         "benchmarks/out/defense-10pct --replication benchmarks/out/defense-seed1`; the "
         "replication is `python -m benchmarks.defense.run --jobs 2 --seed 1 --targets-dir "

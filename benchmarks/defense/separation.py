@@ -123,24 +123,29 @@ def measure(labels, logits, feats, is_poison):
     return stat
 
 
-def export_warmup(name, t, splits, pre, out, device):
+def _fresh_victim(name, t, splits, pre, out, device):
+    """The poisoned set of target ``t`` and its victim before training."""
     cfg = C.attack_config(name)
     vc = cfg["victim"]
     xp, yp, idx, _ = R.load_or_craft(name, cfg, splits, pre, t, device, out)
     is_p = np.zeros(len(xp), bool)
     is_p[idx] = True
-    run = V._Run(V.make_victim(pre, splits.num_classes, vc, t["seed"]), vc)
-    run.train(xp, yp, np.arange(len(xp)), 0, vc.drop_after, t["seed"], device)
+    return xp, yp, is_p, V._Run(V.make_victim(pre, splits.num_classes, vc, t["seed"]), vc)
+
+
+def export_warmup(name, t, splits, pre, out, device):
+    """Labels, logits, features and poison mask at the first drop, and the
+    victim's logits before its first epoch (evaluation does not change its training)."""
+    xp, yp, is_p, run = _fresh_victim(name, t, splits, pre, out, device)
+    start = M.outputs(run.model, xp, device)[1]
+    run.train(xp, yp, np.arange(len(xp)), 0, run.cfg.drop_after, t["seed"], device)
     feats, logits = M.outputs(run.model, xp, device)
-    return yp, logits, feats, is_p
+    return yp, logits, feats, is_p, start
 
 
 def start_logits(name, t, splits, pre, out, device):
     """The victim's logits on the poisoned set before its first epoch of training."""
-    cfg = C.attack_config(name)
-    vc = cfg["victim"]
-    xp, _, _, _ = R.load_or_craft(name, cfg, splits, pre, t, device, out)
-    run = V._Run(V.make_victim(pre, splits.num_classes, vc, t["seed"]), vc)
+    xp, _, _, run = _fresh_victim(name, t, splits, pre, out, device)
     return M.outputs(run.model, xp, device)[1]
 
 
@@ -167,18 +172,19 @@ def main(argv=None):
         pre = R.pretrained_model(splits, 0, args.device, args.out)
         for t in json.load(open(tpath))["targets"][:args.max_targets]:
             npz = os.path.join(args.out, "separation", f"{name}_{t['target']:03d}.npz")
+            # The start, for signals.py's training-dynamics measure.
+            start = os.path.join(args.out, "separation-start", os.path.basename(npz))
+            os.makedirs(os.path.dirname(start), exist_ok=True)
             if os.path.exists(npz):
                 z = np.load(npz)
                 y, lg, ft, isp = z["labels"], z["logits"], z["features"], z["is_poison"]
+                if not os.path.exists(start):
+                    np.savez_compressed(start, logits=start_logits(name, t, splits, pre,
+                                                                   args.out, args.device))
             else:
-                y, lg, ft, isp = export_warmup(name, t, splits, pre, args.out, args.device)
+                y, lg, ft, isp, st = export_warmup(name, t, splits, pre, args.out, args.device)
                 np.savez_compressed(npz, labels=y, logits=lg, features=ft, is_poison=isp)
-            # The start, for signals.py's training-dynamics measure.
-            start = os.path.join(args.out, "separation-start", os.path.basename(npz))
-            if not os.path.exists(start):
-                os.makedirs(os.path.dirname(start), exist_ok=True)
-                np.savez_compressed(start, logits=start_logits(name, t, splits, pre, args.out,
-                                                               args.device))
+                np.savez_compressed(start, logits=st)
             rows.append(dict(attack=name, target=t["target"], **measure(y, lg, ft, isp)))
         R.log(f"separation: {name} done")
     with open(path + ".tmp", "w") as fh:

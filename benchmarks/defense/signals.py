@@ -98,11 +98,12 @@ def own_margin(logits, labels):
     return logits[rows, labels] - other.max(1)
 
 
-def node_lifts(logits, label, features, is_poison):
+def node_lifts(logits, label, features, is_poison, nodes=None):
     """(largest lift of a poison node or NaN, largest lift of a clean node or NaN) in one class.
 
     ``logits`` of shape (n, C): the lift is over the margins towards each
     other class. Of shape (n, 1): over that one value (such as a gain).
+    ``nodes``: the class's ``tree_nodes(features)``, when the caller has them.
     """
     n = logits.shape[0]
     if logits.shape[1] == 1:
@@ -112,7 +113,7 @@ def node_lifts(logits, label, features, is_poison):
         margin = np.delete(margin, label, axis=1)
     best_poison, best_clean = np.nan, np.nan
     n_poison = int(is_poison.sum())
-    for g in tree_nodes(features):
+    for g in tree_nodes(features) if nodes is None else nodes:
         if not MIN_GROUP <= g.size <= n // 2:
             continue
         inside = np.zeros(n, bool)
@@ -160,16 +161,10 @@ def measure(labels, logits, features, is_poison, start_logits=None):
     features = features.astype(np.float64)
     pc = int(np.bincount(labels[is_poison]).argmax())
     out = dict(clean_lifts=[], clean_sil=[])
+    gain = None
     if start_logits is not None:
         gain = own_margin(logits, labels) - own_margin(start_logits.astype(np.float64), labels)
         out["clean_gain_lifts"] = []
-        for c in np.unique(labels):
-            rows = labels == c
-            lp, lc = node_lifts(gain[rows, None], int(c), features[rows], is_poison[rows])
-            if c == pc:
-                out["poison_gain_lift"] = lp
-            else:
-                out["clean_gain_lifts"].append(lc)
     for delta in RULE_DELTAS:
         d = margin_rule(labels, logits, delta)
         out[f"rule{delta:g}_recall"] = float(d[is_poison].mean())
@@ -177,15 +172,22 @@ def measure(labels, logits, features, is_poison, start_logits=None):
     for c in np.unique(labels):
         rows = labels == c
         p = is_poison[rows]
-        lp, lc = node_lifts(logits[rows], int(c), features[rows], p)
+        # One tree per class, for the margin lift and the gain lift.
+        nodes = list(tree_nodes(features[rows]))
+        lp, lc = node_lifts(logits[rows], int(c), features[rows], p, nodes)
         small, sil = two_means(features[rows])
         if c == pc:
-            out.update(poison_lift=lp, class_clean_lift=lc, sil=sil,
-                       split_recall=float(small[p].mean()),
+            out.update(poison_lift=lp, sil=sil, split_recall=float(small[p].mean()),
                        split_clean=float(small[~p].mean()))
         else:
             out["clean_lifts"].append(lc)
             out["clean_sil"].append(sil)
+        if gain is not None:
+            gp, gc = node_lifts(gain[rows, None], int(c), features[rows], p, nodes)
+            if c == pc:
+                out["poison_gain_lift"] = gp
+            else:
+                out["clean_gain_lifts"].append(gc)
     return out
 
 

@@ -33,6 +33,18 @@ def insert_knn(kd, ki, thr, row, v, j):
         thr[row] = kd[row, last]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def gram_sqdist(gram_ij, sqi, sqj, same):
+    # |g_i|^2 + |g_j|^2 - 2 g_i.g_j, in an order symmetric in i and j, so the
+    # dense pass, the brute search and pairwise_sqdist give the same numbers;
+    # 0 for exact duplicates (``same``: one duplicate group).
+    v = gram_ij * -2.0
+    v += sqi + sqj
+    if v < 0.0 or same:
+        v = 0.0
+    return v
+
+
 #: Side of the square tiles the pass walks (the mirrored writes stay in cache).
 _TILE = 64
 
@@ -62,12 +74,7 @@ def _similarity_and_knn(gram, sq, groups, inv_dim, knn_idx, knn_d2):
                 sqi = sq[i]
                 for t in range(m):
                     j = j0 + t
-                    # |g_i|^2 + |g_j|^2 - 2 g_i.g_j, symmetric in i and j.
-                    v = gram[i, j] * -2.0
-                    v += sqi + sq[j]
-                    if v < 0.0 or groups[j] == gi:
-                        v = 0.0  # exact duplicates lie at distance 0
-                    seg[t] = v
+                    seg[t] = gram_sqdist(gram[i, j], sqi, sq[j], groups[j] == gi)
                 for t in range(m):
                     v = seg[t]
                     j = j0 + t

@@ -4,7 +4,7 @@ from numba import njit
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ._dense import insert_knn, lower_gram
+from ._dense import gram_sqdist, insert_knn, lower_gram
 
 #: Bytes of distance block the brute-force search holds at once.
 _BLOCK_BYTES = 64 * 2**20
@@ -105,10 +105,7 @@ def _block_knn(gram, sq, groups, row0, idx, d2):
         gi = groups[i]
         sqi = sq[i]
         for j in range(n):
-            v = gram[r, j] * -2.0
-            v += sqi + sq[j]
-            if v < 0.0 or groups[j] == gi:
-                v = 0.0  # exact duplicates lie at distance 0
+            v = gram_sqdist(gram[r, j], sqi, sq[j], groups[j] == gi)
             if v <= thr[r] and j != i:
                 insert_knn(d2, idx, thr, r, v, j)
 
