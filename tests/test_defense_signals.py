@@ -58,3 +58,29 @@ def test_two_means_isolates_a_large_separate_group():
     small, sil = signals.two_means(feats)
     assert small[:25].all() and not small[25:].any()
     assert sil > 0.5
+
+
+def test_target_class_names_the_runner_up_and_the_start_share():
+    labels = np.array([0, 0, 0, 0, 1, 2])
+    is_poison = np.array([True, True, True, False, False, False])
+    logits = np.array([[5.0, 1.0, 3.0], [5.0, 0.0, 4.0], [5.0, 4.5, 1.0],
+                       [5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]])
+    start = np.array([[0.0, 0.0, 5.0], [0.0, 0.0, 5.0], [5.0, 0.0, 0.0],
+                      [5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]])
+    out = signals.target_class(logits, labels, is_poison, 2, start)
+    assert out == dict(runner_up_is_target=True, start_target_share=pytest.approx(2 / 3))
+    assert not signals.target_class(logits, labels, is_poison, 1)["runner_up_is_target"]
+
+
+def test_miss_lines_split_recall_by_whether_the_attack_still_succeeds(tmp_path):
+    import json
+    from benchmarks.defense import report
+    rows = [dict(attack="bullseye-polytope", defence="groups", target=t, success=s,
+                 poison_recall=r)
+            for t, (s, r) in enumerate([(1.0, 0.1), (0.0, 0.9), (0.0, 1.0), (1.0, 0.0)])]
+    rows.append(dict(attack="backdoor", defence="groups", target=0, success=0.4,
+                     poison_recall=0.8))
+    (tmp_path / "results_x.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    lines = report.miss_lines(str(tmp_path)).splitlines()
+    assert lines[2] == "| bullseye-polytope | 2 / 4 | 0.00, 0.10 | 0.95 (0.90) |"
+    assert len(lines) == 3   # the backdoor's success is a rate: no row

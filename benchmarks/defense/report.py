@@ -492,6 +492,27 @@ def _isolation_section(out):
     ]
 
 
+def miss_lines(out):
+    """``groups``' six-round poison recall on the targets whose attack still
+    succeeds under it, against the others (targeted attacks only)."""
+    rows = [r for r in load_results(out) if r["defence"] == NEW_METHOD]
+    by = {}
+    for r in rows:
+        by.setdefault(r["attack"], []).append(r)
+    lines = ["| attack | targets still succeeding under groups | their poison recall | "
+             "other targets: mean recall (lowest) |", "|---|---|---|---|"]
+    for attack in [a for a in ATTACK_ORDER if a in by]:
+        rs = by[attack]
+        if not all(r["success"] in (0.0, 1.0) for r in rs):
+            continue  # a backdoor's success is a rate over triggered inputs
+        hit = sorted(r["poison_recall"] for r in rs if r["success"] == 1.0)
+        rest = [r["poison_recall"] for r in rs if r["success"] == 0.0]
+        lines.append(f"| {attack} | {len(hit)} / {len(rs)} | "
+                     + (", ".join(f"{v:.2f}" for v in hit) or "–") + " | "
+                     + (f"{np.mean(rest):.2f} ({min(rest):.2f})" if rest else "–") + " |")
+    return "\n".join(lines)
+
+
 def _target_counts(summary):
     """The number of targets scored per attack, as text: "8" or "8 to 12"."""
     n = sorted({a["n_targets"] for a in summary["attacks"].values()}) or [0]
@@ -618,6 +639,12 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None, replication=No
         "context only.",
         "",
         target_lines(summary),
+        "",
+        "Where `groups` misses: its poison recall over the six rounds on the targets whose "
+        "attack still succeeds under it, and on the others (docs/method.md, \"Where `groups` "
+        "misses\").",
+        "",
+        miss_lines(out),
         "",
         *_replication_section(replication),
         *_separation_section(out),

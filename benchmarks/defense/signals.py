@@ -32,6 +32,10 @@ classes alone.
     before training. A node's gain lift is the median gain of its members
     minus the rest of the class's; reported as for the margin lift. Not
     part of ``groups``: gradscore scores one export at a time.
+``target's class``
+    With ``--targets-dir``: whether the class the poisons' softmax most
+    often ranks second is the target's true class, and the share of poisons
+    the victim gives that class before training.
 ``two-means``
     ART ActivationDefence's rule: per class, the features projected on their
     10 leading principal components, k-means with k=2, and the smaller
@@ -191,6 +195,20 @@ def measure(labels, logits, features, is_poison, start_logits=None):
     return out
 
 
+def target_class(logits, labels, is_poison, true, start_logits=None):
+    """Is the class the poisons' softmax most often ranks second the target's
+    true class ``true``? And the share of poisons the victim gives that class
+    before training (with ``start_logits``)."""
+    pc = int(np.bincount(labels[is_poison]).argmax())
+    second = logits[is_poison].astype(np.float64)
+    second[:, pc] = -np.inf
+    a = int(np.bincount(second.argmax(1), minlength=logits.shape[1]).argmax())
+    out = dict(runner_up_is_target=bool(a == true))
+    if start_logits is not None:
+        out["start_target_share"] = float(np.mean(start_logits[is_poison].argmax(1) == true))
+    return out
+
+
 def summarise(rows):
     by = {}
     for r in rows:
@@ -202,8 +220,10 @@ def summarise(rows):
         clean_all = np.concatenate([r["clean_lifts"] for r in rs])
         sil = np.array([r["sil"] for r in rs])
         sil_clean = np.array([max(r["clean_sil"]) for r in rs])
+        known = [r["runner_up_is_target"] for r in rs if "runner_up_is_target" in r]
         table.append(dict(
-            attack=attack, exports=len(rs),
+            attack=attack, exports=len(rs), target_known=len(known),
+            runner_up_target=int(sum(known)),
             poison_node=int(np.isfinite(lift).sum()),
             poison_lift=float(np.nanmedian(lift)) if np.isfinite(lift).any() else float("nan"),
             clean_lift=float(np.nanmedian(clean_all)),
@@ -225,7 +245,9 @@ def _gain_summary(rs):
         return {}
     lift = np.array([r["poison_gain_lift"] for r in rs], dtype=float)
     clean_max = np.array([np.nanmax(r["clean_gain_lifts"]) for r in rs])
+    share = [r["start_target_share"] for r in rs if "start_target_share" in r]
     return dict(gain_exports=len(rs),
+                start_target=float(np.mean(share)) if share else float("nan"),
                 gain_lift=float(np.nanmedian(lift)) if np.isfinite(lift).any() else float("nan"),
                 gain_clean=float(np.nanmedian(np.concatenate([r["clean_gain_lifts"] for r in rs]))),
                 gain_first=int(np.sum(lift > clean_max)))
@@ -235,29 +257,34 @@ def markdown_gain(rows):
     """The training-dynamics table, for the attacks whose start logits were saved."""
     lines = ["| attack | victim | exports | poison node's margin-gain lift (median, nats) | "
              "clean classes' largest (median) | poison node gains more than every clean "
-             "class |", "|---|---|---|---|---|---|"]
+             "class | poisons given the target's class before training (mean) |",
+             "|---|---|---|---|---|---|---|"]
     from . import config as C
     for t in summarise(rows):
         if "gain_exports" not in t:
             continue
         n = t["gain_exports"]
         lines.append(f"| {t['attack']} | {C.ATTACKS[t['attack']]['victim'].mode} | {n} | "
-                     f"{t['gain_lift']:.1f} | {t['gain_clean']:.1f} | {t['gain_first']} / {n} |")
+                     f"{t['gain_lift']:.1f} | {t['gain_clean']:.1f} | {t['gain_first']} / {n} | "
+                     + (f"{100 * t['start_target']:.0f}%" if np.isfinite(t["start_target"])
+                        else "– (backdoor)") + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def markdown(rows):
     lines = ["| attack | exports | poison node found | its margin lift (median, nats) | clean "
              "classes' largest lift (median) | poison node leans further than every clean "
-             "class | margin rule, 3 / 6 nats: poisons / clean data dropped | two-means: "
+             "class | poisons' runner-up is the target's class | margin rule, 3 / 6 nats: poisons / clean data dropped | two-means: "
              "poisons caught / clean flagged in their class | silhouette: poisons' class / "
              "clean classes (medians) | poisons' class splits best |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in summarise(rows):
         n = t["exports"]
+        ru = (f"{t['runner_up_target']} / {t['target_known']}" if t["target_known"]
+              else "– (backdoor)")
         lines.append(
             f"| {t['attack']} | {n} | {t['poison_node']} / {n} | {t['poison_lift']:.1f} | "
-            f"{t['clean_lift']:.1f} | {t['lift_first']} / {n} | "
+            f"{t['clean_lift']:.1f} | {t['lift_first']} / {n} | {ru} | "
             f"{100 * t['rule3_recall']:.0f}% / {100 * t['rule3_clean']:.0f}%, "
             f"{100 * t['rule6_recall']:.0f}% / {100 * t['rule6_clean']:.0f}% | "
             f"{100 * t['split_recall']:.0f}% / {100 * t['split_clean']:.0f}% | "
@@ -300,6 +327,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", required=True, help="output folder of run.py with separation/ exports")
     ap.add_argument("--attacks", nargs="+", default=None)
+    ap.add_argument("--targets-dir", default=os.path.join(os.path.dirname(__file__), "targets"),
+                    help="run.py's target definitions (the targets' true classes)")
     ap.add_argument("--plot", default=None, help="PNG to draw --exports into (and stop)")
     ap.add_argument("--exports", nargs="+", default=[],
                     help="export names for --plot, such as bullseye-polytope_001")
@@ -308,6 +337,7 @@ def main(argv=None):
         plot([os.path.join(args.dir, "separation", f"{e}.npz") for e in args.exports], args.plot)
         return 0
     rows = []
+    truth = {}
     for path in sorted(glob.glob(os.path.join(args.dir, "separation", "*.npz"))):
         attack, target = os.path.basename(path)[:-4].rsplit("_", 1)
         if args.attacks and attack not in args.attacks:
@@ -322,6 +352,14 @@ def main(argv=None):
             warnings.simplefilter("ignore")
             m = measure(z["labels"], z["logits"], z["features"], z["is_poison"].astype(bool),
                         start)
+        if attack not in truth:
+            tpath = os.path.join(args.targets_dir, f"{attack}.json")
+            truth[attack] = {t["target"]: t.get("true") for t in json.load(open(tpath))[
+                "targets"]} if os.path.exists(tpath) else {}
+        true = truth[attack].get(int(target))
+        if true is not None:   # backdoor targets have no true class
+            m.update(target_class(z["logits"], z["labels"], z["is_poison"].astype(bool), true,
+                                  start))
         rows.append(dict(attack=attack, target=int(target), **m))
     path = os.path.join(args.dir, "signals.json")
     with open(path + ".tmp", "w") as fh:
