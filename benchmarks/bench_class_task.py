@@ -27,7 +27,8 @@ import bench_score  # noqa: E402
 
 from gradscore import neighbors as nb  # noqa: E402
 from gradscore.gradients import class_gradients  # noqa: E402
-from gradscore.pipeline import _canonical_order, check_params  # noqa: E402
+from gradscore.pipeline import check_params  # noqa: E402
+from gradscore.tasks import canonical_order as _canonical_order  # noqa: E402
 from gradscore.neighbors._dense import _similarity_and_knn, lower_gram  # noqa: E402
 from gradscore.selection._kernels import (assign_to_medoids,  # noqa: E402
                                           dense_facility_location)

@@ -23,8 +23,9 @@ from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplis
                           _write_scores_to, keep_mask, read_keeplist)
 from .io.partition import (create_spill_files, join_indexes, read_index, spill_piece,
                            spill_pieces)
-from .pipeline import (_n_threads, _score, check_features_given, check_n_jobs, check_params,
-                       class_budgets, needs_features, one_blas_thread_each)
+from ._threads import n_threads, one_blas_thread_each
+from .pipeline import (_score, check_features_given, check_n_jobs, check_params, class_budgets,
+                       needs_features)
 from .tasks import gather, score_spilled_class
 
 SPILL_CHOICES = ("auto", "always", "never")
@@ -145,7 +146,7 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         from .distributed import client_executor
         executor = client_executor(client)
     elif executor is None:
-        jobs = _n_threads(n_jobs, 1 << 30)
+        jobs = n_threads(n_jobs, 1 << 30)
         own_pool = executor = ThreadPoolExecutor(jobs)
         blas = one_blas_thread_each(jobs)
     try:

@@ -1,126 +1,37 @@
-"""Score one epoch: gradients -> neighbours -> density -> selection, class by class.
+"""Score one epoch in memory: parameters checked once, then class by class.
 
 :func:`score` is the in-memory entry point; the CLI and the file-based helpers
-call :func:`_score` after validating once.
+(:mod:`gradscore.api`) call :func:`_score` after validating once. The
+per-class computation itself (gradients -> neighbours -> density ->
+selection -> caps) has one home, :func:`gradscore.tasks.score_class`, which
+spilled and distributed runs call too; the votes over all classes that
+``deep-knn`` and ``groups`` need come first, from
+:mod:`gradscore.crossclass`.
 """
 
-from dataclasses import dataclass, field, asdict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
-import os
 import inspect
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from . import neighbors as nb
+from ._threads import n_threads, one_blas_thread_each
 from ._validation import (check_choice, check_float_matrix, check_fraction,
                           check_int, check_labels)
-from .density import knn_density
 from .errors import GradscoreError
-from .gradients import GRADIENTS, class_gradients
-from .gradients import DenseGradients
-from .selection import (apply_cap, drop_by_fraction, drop_by_robust_threshold,
-                        epic_from_similarity, epic_sparse, limit_drops, medoid_budgets)
-from .selection.feature_space import deep_knn_agreement, spectral_scores
-from .selection.groups import foreign_groups, tree_edges
+from .gradients import GRADIENTS
+from .crossclass import cross_class_votes
+# The result types live in gradscore.result; named here too, as before.
+from .result import DROPPED, DROPPED_BEFORE, KEPT, ClassReport, ScoreResult  # noqa: F401
+from .selection import medoid_budgets
+from .selection.epic import DENSE_MAX
+from .tasks import CROSS_CLASS_METHODS, ClassData, gather, score_class
 
 METHODS = ("epic", "knn-density", "deep-knn", "spectral", "groups")
 #: How a previous keep-list combines with this round (see :func:`score`).
 CUMULATIVE_RULES = ("intersect", "survivors")
 #: Methods that compare examples by their penultimate features, not gradients.
 FEATURE_METHODS = ("deep-knn", "spectral", "groups")
-
-#: Classes up to this size run EPIC on the dense kernel (exact reference
-#: semantics; n^2 * 8 bytes, 200 MB at 5,000); larger ones on the k-NN
-#: graph. 5,000 puts CIFAR-10's classes, the paper's main setting, on the
-#: exact path. See docs/method.md and docs/benchmarks.md.
-DENSE_MAX = 5000
-
-#: Decision codes in :attr:`ScoreResult.decision`.
-KEPT, DROPPED, DROPPED_BEFORE = "kept", "dropped", "dropped-before"
-
-
-@dataclass
-class ClassReport:
-    """What happened in one class.
-
-    ``n`` counts the class's examples in the input and ``n_scored`` those
-    that were scored (all of them under the ``"intersect"`` cumulative rule;
-    only those still kept under ``"survivors"``). ``flagged`` counts the
-    scored examples this round's rule would drop, ``dropped`` those of them
-    that were still kept (the new drops), ``dropped_before`` those dropped
-    at an earlier round, and ``dropped_total`` the two together.
-    ``cap_hit`` says that ``max_drop_fraction`` limited this round's drops,
-    ``total_cap_hit`` that ``max_total_drop_fraction`` did.
-    """
-
-    label: int
-    n: int
-    n_scored: int
-    k_used: int
-    neighbors: str
-    dropped: int
-    dropped_before: int
-    cap_hit: bool
-    flagged: int = 0
-    dropped_total: int = 0
-    total_cap_hit: bool = False
-    epic_mode: str = None
-    n_medoids: int = None
-
-
-@dataclass
-class ScoreResult:
-    """Per-example outcome of :func:`score`.
-
-    Attributes
-    ----------
-    keep : ndarray of shape (n_samples,), bool
-        True for examples to keep training on.
-    scores : ndarray of shape (n_samples,), float64
-        Typicality, higher = more typical: k-NN density in gradient space
-        for ``epic`` and ``knn-density``, neighbour label agreement for
-        ``deep-knn`` (for ``groups``: among voters outside dropped groups,
-        and for a dropped group's members at most the share of their label
-        around the group), minus the spectral outlier score for
-        ``spectral``. NaN
-        for examples not scored (dropped before, or alone in their class).
-    cluster_size : ndarray of shape (n_samples,), int64
-        Size of the EPIC cluster each example joined; -1 where EPIC did not
-        run on it.
-    decision : ndarray of shape (n_samples,), str
-        ``"kept"``, ``"dropped"`` (dropped at this round) or
-        ``"dropped-before"`` (dropped at an earlier one).
-    flagged : ndarray of shape (n_samples,), bool
-        True where this round's rule dropped the example, whether or not an
-        earlier round had dropped it already (False where not scored).
-    classes : list of ClassReport
-    params : dict
-        Every parameter of the run, for provenance.
-    """
-
-    keep: np.ndarray
-    scores: np.ndarray
-    cluster_size: np.ndarray
-    decision: np.ndarray
-    flagged: np.ndarray
-    classes: list
-    params: dict = field(default_factory=dict)
-
-    def summary(self):
-        """JSON-ready dict: totals and per-class counts."""
-        return {
-            "n": int(self.keep.size),
-            "kept": int(self.keep.sum()),
-            "dropped": int((self.decision == DROPPED).sum()),
-            "dropped_before": int((self.decision == DROPPED_BEFORE).sum()),
-            "flagged": int(self.flagged.sum()),
-            "cap_hit_classes": [c.label for c in self.classes if c.cap_hit],
-            "total_cap_hit_classes": [c.label for c in self.classes if c.total_cap_hit],
-            "params": self.params,
-            "classes": [asdict(c) for c in self.classes],
-        }
 
 
 def score(labels, logits, features=None, *, method="epic", gradient="logits",
@@ -314,214 +225,41 @@ def check_n_jobs(n_jobs):
     return n_jobs
 
 
-def _n_threads(n_jobs, n_tasks):
-    if n_jobs is None or n_jobs < 0:
-        n_jobs = os.cpu_count() or 1
-    return max(1, min(n_jobs, n_tasks))
-
-
-def one_blas_thread_each(jobs):
-    """Context for running tasks on ``jobs`` threads: one BLAS thread each.
-
-    As scikit-learn does for nested parallelism: with classes on several
-    threads, BLAS's own threads would compete with them for the same cores
-    (OpenBLAS threads spin while they wait). Measured on the ImageNet shape
-    on 2 cores: 250 CPU s and 136 s wall with BLAS's default threads, 181 CPU
-    s and 109 s with one (docs/benchmarks.md, issue 10). With one task
-    thread, BLAS keeps its threads.
-    """
-    if jobs > 1:
-        return threadpool_limits(limits=1, user_api="blas")
-    return nullcontext()
-
-
-def _score_class(c, rows_all, rows, was_kept, *, labels, logits, features, method,
-                 gradient, fraction, cluster_threshold, k, drop_fraction, z_threshold,
-                 max_drop_fraction, max_total_drop_fraction, cumulative, label_smoothing,
-                 neighbors, dense_max, num_classes, random_state, n_medoids=None,
-                 agreement=None, deep_drop=None, k_all=None, used=None):
-    """Score one class.
-
-    ``rows_all`` are the class's rows, ``rows`` those to score and
-    ``was_kept`` (aligned with ``rows``) whether each was still kept before
-    this round. Returns ``(report, rows, scores, cluster_size, flagged,
-    drop, warnings)`` where the arrays follow ``rows`` (which may be
-    reordered) and are None when the class was too small to score;
-    ``flagged`` is this round's rule and ``drop`` the new drops after both
-    caps.
-    """
-    dropped_before = int(rows_all.size - np.count_nonzero(was_kept)) \
-        if cumulative == "intersect" else int(rows_all.size - rows.size)
-    report = ClassReport(label=c, n=rows_all.size, n_scored=rows.size, k_used=0,
-                         neighbors="none", dropped=0, dropped_before=dropped_before,
-                         cap_hit=False, dropped_total=dropped_before)
-    messages = []
-    if rows.size < 2:
-        if rows.size:
-            messages.append(f"class {c} has {rows.size} example to score; it is kept unscored")
-        return report, rows, None, None, None, None, messages
-    csize = None
-    if method in ("deep-knn", "groups"):
-        report.k_used, report.neighbors = k_all, used
-        s = agreement[rows]
-        d = deep_drop[rows]
-    elif method == "spectral":
-        # Canonical order (see below): the SVD's sums then do not depend on
-        # the order the rows came in, so a spilled run matches bit for bit.
-        order = _canonical_order(logits[rows], features[rows])
-        rows, was_kept = rows[order], was_kept[order]
-        s = spectral_scores(features[rows])
-        d = drop_by_fraction(s, drop_fraction) if drop_fraction is not None \
-            else drop_by_robust_threshold(s, z_threshold)
-    else:
-        # Canonical order within the class (by content, not input position):
-        # greedy ties and floating-point sums then come out the same however
-        # the caller ordered the rows, so permuting rows permutes decisions.
-        order = _canonical_order(logits[rows], None if gradient == "logits"
-                                 else features[rows])
-        rows, was_kept = rows[order], was_kept[order]
-        k_c = min(k, rows.size - 1)
-        if k_c < k:
-            messages.append(f"class {c} has {rows.size} examples, too few for k={k}; "
-                            f"using k={k_c}")
-        report.k_used = k_c
-        grads = class_gradients(
-            labels[rows], logits[rows], None if features is None else features[rows],
-            gradient=gradient, num_classes=num_classes, label_smoothing=label_smoothing)
-        sim = None
-        if method == "epic" and rows.size <= dense_max:
-            # EPIC's kernel over every pair and, unless the k-d tree serves
-            # the density score, its k-NN, in one pass over the Gram matrix.
-            tree = nb.resolve_backend(grads, neighbors) == "kdtree"
-            sim, knn_idx, knn_d2 = nb.similarity_and_knn(grads, 0 if tree else k_c,
-                                                         1.0 / grads.dim)
-            if tree:
-                knn_idx, knn_d2, report.neighbors = nb.kneighbors(grads, k_c, backend="kdtree")
-            else:
-                report.neighbors = "dense"
-        else:
-            knn_idx, knn_d2, report.neighbors = nb.kneighbors(
-                grads, k_c, backend=neighbors, random_state=random_state)
-        s = knn_density(knn_d2)
-        if method == "epic" and n_medoids == 0:
-            messages.append(f"class {c} got no EPIC medoid (the budget int(fraction * N) "
-                            "is spread too thin); it is kept")
-            d = np.zeros(rows.size, dtype=bool)
-        elif method == "epic":
-            if sim is not None:
-                res = epic_from_similarity(sim, n_medoids=n_medoids,
-                                           cluster_threshold=cluster_threshold)
-            else:
-                res = epic_sparse(grads, knn_idx, knn_d2, n_medoids=n_medoids,
-                                  cluster_threshold=cluster_threshold)
-            del sim
-            csize = res.cluster_size
-            report.epic_mode, report.n_medoids = res.mode, int(res.medoids.size)
-            d = res.drop
-        elif drop_fraction is not None:
-            d = drop_by_fraction(s, drop_fraction)
-        else:
-            d = drop_by_robust_threshold(s, z_threshold)
-    flagged, report.cap_hit = apply_cap(d, s, max_drop_fraction)
-    new = flagged & was_kept
-    # The cumulative cap: drops before plus new drops stay within the limit.
-    room = max(0, int(np.floor(max_total_drop_fraction * rows_all.size)) - dropped_before)
-    new, report.total_cap_hit = limit_drops(new, s, room)
-    report.flagged = int(flagged.sum())
-    report.dropped = int(new.sum())
-    report.dropped_total = dropped_before + report.dropped
-    return report, rows, s, csize, flagged, new, messages
-
-
-def _foreign_groups(labels, logits, features, nbr_idx, *, k, neighbors, random_state,
-                    num_classes, n_jobs):
-    """The ``groups`` method's group pass over every class.
-
-    ``nbr_idx`` is every row's k-NN list in feature space over all classes.
-    Returns ``(drop, own_share)`` over the given rows: members of groups
-    judged foreign to their label, and the lowest share of their own label
-    around such a group (NaN for rows in no dropped group).
-    """
-    def one(c):
-        rows = np.flatnonzero(labels == c)
-        if rows.size < 3:
-            return None
-        # Canonical order, as for EPIC: permuting the input permutes the result.
-        rows = rows[_canonical_order(logits[rows], features[rows])]
-        k_c = min(k, rows.size - 1)
-        idx, d2, _ = nb.kneighbors(DenseGradients(features[rows]), k_c, backend=neighbors,
-                                   random_state=random_state)
-        return (c, rows) + tree_edges(idx, d2)[:2]
-
-    jobs = _n_threads(n_jobs, num_classes)
-    with ThreadPoolExecutor(max_workers=jobs) as pool, one_blas_thread_each(jobs):
-        trees = [t for t in (pool.map(one, range(num_classes)) if jobs > 1
-                             else map(one, range(num_classes))) if t is not None]
-    return foreign_groups(labels, nbr_idx, trees, num_classes=num_classes,
-                          features=np.asarray(features, dtype=np.float64))
-
-
-def _canonical_order(logits, features=None):
-    """Order rows by content: lexicographic for narrow rows, else by a fixed
-    random projection (ties there mean equal rows, or practically so)."""
-    x = logits if features is None else np.concatenate([logits, features], axis=1)
-    if x.shape[1] <= 32:
-        return np.lexsort(x.T[::-1])
-    w = np.random.default_rng(12345).standard_normal(x.shape[1])
-    return np.argsort(x.astype(np.float64) @ w, kind="stable")
-
-
 def _score(labels, logits, features, params, *, active=None, progress=False, n_jobs=None):
-    """:func:`score` on validated input; ``params`` from :func:`check_params`."""
-    method, k, neighbors = params["method"], params["k"], params["neighbors"]
-    num_classes, random_state = params["num_classes"], params["random_state"]
+    """:func:`score` on validated input; ``params`` from :func:`check_params`.
+
+    The data's way, in memory: partition by class -> (for methods that look
+    across classes) votes over all classes -> one :func:`score_class` task
+    per class, on threads -> :func:`gather` in class order. A spilled or
+    distributed run (:func:`gradscore.score_files`) takes the same way with
+    the class's rows read from a spill.
+    """
+    num_classes = params["num_classes"]
     n = labels.size
     if active is None:
         active = np.ones(n, dtype=bool)
-    # The authors' rule scores every example; "survivors" only the kept ones.
-    scored = np.ones(n, dtype=bool) if params["cumulative"] == "intersect" else active
     # One stable sort groups rows by class without a pass per class.
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
     present = [c for c in range(num_classes) if bounds[c + 1] > bounds[c]]
+    class_rows = [order[bounds[c]:bounds[c + 1]] for c in present]
     budgets = class_budgets(labels, active, params)
     votes = None
-    if method in ("deep-knn", "groups"):
-        # Deep k-NN looks across classes: one neighbour search over everything.
-        act = np.flatnonzero(scored)
-        k_all = min(k, act.size - 1)
-        agreement = np.full(n, np.nan)
-        deep_drop = np.zeros(n, dtype=bool)
-        used = "none"
-        if k_all >= 1:
-            idx, _, used = nb.kneighbors(DenseGradients(features[act]), k_all,
-                                         backend=neighbors, random_state=random_state)
-            group_drop = share = None
-            if method == "groups":
-                group_drop, share = _foreign_groups(
-                    labels[act], logits[act], features[act], idx, k=k, neighbors=neighbors,
-                    random_state=random_state, num_classes=num_classes, n_jobs=n_jobs)
-            agreement[act], deep_drop[act] = deep_knn_agreement(labels[act], idx, num_classes,
-                                                                ignore=group_drop)
-            if group_drop is not None:
-                agreement[act] = np.fmin(agreement[act], share)
-                deep_drop[act] |= group_drop
-        votes = (agreement, deep_drop, k_all, used)
-    keep_features = features is not None and needs_features(method, params["gradient"])
-    class_rows = [order[bounds[c]:bounds[c + 1]] for c in present]
-
-    # The same per-class task and gather as a spilled or distributed run
-    # (gradscore.tasks), here over slices of the arrays in memory.
-    from .tasks import ClassData, gather, score_class
+    if params["method"] in CROSS_CLASS_METHODS:
+        # The authors' rule scores every example; "survivors" only the kept ones.
+        scored = np.ones(n, dtype=bool) if params["cumulative"] == "intersect" else active
+        votes = cross_class_votes(labels, logits, features, scored, params, n_jobs=n_jobs)
+    keep_features = features is not None and needs_features(params["method"],
+                                                            params["gradient"])
 
     def one(c, rows):
         data = ClassData(
             c, logits[rows], features[rows] if keep_features else None, active[rows],
             None if budgets is None else int(budgets[c]),
-            None if votes is None else (votes[0][rows], votes[1][rows], votes[2], votes[3]))
+            None if votes is None else votes.take(rows))
         return score_class(data, params)
 
-    jobs = _n_threads(n_jobs, len(present))
+    jobs = n_threads(n_jobs, len(present))
     with ThreadPoolExecutor(max_workers=jobs) as pool, one_blas_thread_each(jobs):
         # Classes run in threads (numpy, BLAS and the numba kernels release the
         # GIL); results and warnings are gathered in class order, so output
@@ -549,13 +287,3 @@ def class_budgets(labels, active, params):
         else labels[active]
     return medoid_budgets(np.bincount(scored, minlength=params["num_classes"]),
                           params["fraction"], random_state=params["random_state"])
-
-
-def assemble_result(active, drop, **arrays):
-    """The :class:`ScoreResult` of a run: keep and decision follow from
-    ``active`` (None: all) and this round's new drops."""
-    if active is None:
-        active = np.ones(drop.size, dtype=bool)
-    keep = active & ~drop
-    decision = np.where(keep, KEPT, np.where(active, DROPPED, DROPPED_BEFORE)).astype(object)
-    return ScoreResult(keep=keep, decision=decision, **arrays)

@@ -1,13 +1,14 @@
 """The per-class task and the gather: one class's rows in, its decisions out.
 
-:func:`score_class` is the unit of parallel work. It is a plain function of
-one class's rows (:class:`ClassData`) and the run's parameters (one dict,
-from :func:`gradscore.pipeline.check_params`), returning a small
-:class:`ClassOutcome` of arrays aligned with its input rows: no globals, no
-open files, everything picklable. Local threads, local processes and Dask
-workers run the same function; :func:`score_spilled_class` is the same task
-reading its rows from a class-partitioned spill first
-(:mod:`gradscore.io.partition`).
+:func:`score_class` is the one home of the per-class computation (gradients
+-> neighbours -> density -> selection -> caps) and the unit of parallel
+work. It is a plain function of one class's rows (:class:`ClassData`) and
+the run's parameters (one dict, from :func:`gradscore.pipeline.check_params`),
+returning a small :class:`ClassOutcome` of arrays aligned with its input
+rows: no globals, no open files, everything picklable. The in-memory run
+(:func:`gradscore.score`), local threads and processes, and Dask workers all
+call it; :func:`score_spilled_class` is the same task reading its rows from
+a class-partitioned spill first (:mod:`gradscore.io.partition`).
 
 :func:`gather` puts the outcomes back into one :class:`ScoreResult`, in
 class order, so the result never depends on which worker ran what, or when.
@@ -18,10 +19,20 @@ import warnings
 
 import numpy as np
 
+from . import neighbors as nb
 from ._progress import progress_bar
+from .density import knn_density
 from .errors import GradscoreError, GradscoreWarning
+from .gradients import class_gradients
 from .io.partition import load_class
-from .pipeline import _score_class, assemble_result
+from .result import ClassReport, assemble_result
+from .selection import (apply_cap, drop_by_fraction, drop_by_robust_threshold, epic_class,
+                        limit_drops)
+from .selection.feature_space import spectral_scores
+
+#: Methods whose decisions come from votes over all classes (see
+#: :mod:`gradscore.crossclass`), computed before the per-class tasks.
+CROSS_CLASS_METHODS = ("deep-knn", "groups")
 
 
 @dataclass
@@ -37,12 +48,13 @@ class ClassData:
         False for rows dropped at an earlier round; None: all kept so far.
         Under ``cumulative="survivors"`` those rows are not scored.
     n_medoids : int or None
-        EPIC's medoid budget for this class, from :func:`class_budgets`
-        (the budget is global, so it is computed over all classes first).
-    votes : tuple or None
+        EPIC's medoid budget for this class, from
+        :func:`gradscore.pipeline.class_budgets` (the budget is global, so it
+        is computed over all classes first).
+    votes : CrossClassVotes or None
         For the methods that look across classes (``deep-knn``, ``groups``):
-        ``(agreement, drop, k_used, neighbors)`` computed over all classes
-        first, the two arrays aligned with the rows.
+        this class's rows of the votes computed over all classes first
+        (:func:`gradscore.crossclass.cross_class_votes`).
     """
 
     label: int
@@ -50,7 +62,7 @@ class ClassData:
     features: np.ndarray = None
     active: np.ndarray = None
     n_medoids: int = None
-    votes: tuple = None
+    votes: object = None
 
 
 @dataclass
@@ -80,6 +92,22 @@ class ClassOutcome:
     messages: list
 
 
+def canonical_order(logits, features=None):
+    """Order rows by content: lexicographic for narrow rows, else by a fixed
+    random projection (ties there mean equal rows, or practically so).
+
+    Every per-class rule runs on its rows in this order, so greedy ties and
+    floating-point sums come out the same however the caller ordered the
+    rows: permuting the input permutes the decisions, and a spilled run
+    matches an in-memory one bit for bit.
+    """
+    x = logits if features is None else np.concatenate([logits, features], axis=1)
+    if x.shape[1] <= 32:
+        return np.lexsort(x.T[::-1])
+    w = np.random.default_rng(12345).standard_normal(x.shape[1])
+    return np.argsort(x.astype(np.float64) @ w, kind="stable")
+
+
 def score_class(data, params):
     """Score one class.
 
@@ -106,41 +134,100 @@ def score_class(data, params):
     >>> out.scores.shape, out.drop.dtype
     ((50,), dtype('bool'))
     """
-    if params["method"] == "epic" and data.n_medoids is None:
-        raise GradscoreError(f"class {data.label}: EPIC needs the class's medoid budget "
+    method, label = params["method"], int(data.label)
+    if method == "epic" and data.n_medoids is None:
+        raise GradscoreError(f"class {label}: EPIC needs the class's medoid budget "
                              "(ClassData.n_medoids, from class_budgets); got None")
-    cross = {}
-    if params["method"] in ("deep-knn", "groups"):
-        if data.votes is None:
-            raise GradscoreError(f"class {data.label}: method {params['method']!r} looks "
-                                 "across classes; its votes (ClassData.votes) come from "
-                                 "all classes first")
-        agreement, deep_drop, k_all, used = data.votes
-        cross = dict(agreement=agreement, deep_drop=deep_drop, k_all=k_all, used=used)
+    if method in CROSS_CLASS_METHODS and data.votes is None:
+        raise GradscoreError(f"class {label}: method {method!r} decides from votes over "
+                             "all classes (gradscore.crossclass.cross_class_votes); "
+                             "ClassData.votes is None")
     n = data.logits.shape[0]
-    every = np.arange(n)
-    active = np.ones(n, dtype=bool) if data.active is None else data.active
+    active = np.ones(n, dtype=bool) if data.active is None else np.asarray(data.active)
     # The authors' rule scores every row; "survivors" only those still kept.
-    rows = every if params["cumulative"] == "intersect" else every[active]
-    labels = np.full(n, data.label, dtype=np.int64)
-    report, rows, s, csize, f, d, messages = _score_class(
-        int(data.label), every, rows, active[rows], labels=labels, logits=data.logits,
-        features=data.features, n_medoids=data.n_medoids, **params, **cross)
-    scores = np.full(n, np.nan)
-    cluster_size = np.full(n, -1, dtype=np.int64)
-    flagged = np.zeros(n, dtype=bool)
-    drop = np.zeros(n, dtype=bool)
-    if s is not None:
-        scores[rows] = s
-        flagged[rows] = f
-        drop[rows] = d
-    if csize is not None:
-        cluster_size[rows] = csize
-    return ClassOutcome(report=report, scores=scores, cluster_size=cluster_size,
-                        flagged=flagged, drop=drop, messages=messages)
+    rows = np.arange(n) if params["cumulative"] == "intersect" else np.flatnonzero(active)
+    dropped_before = int(n - np.count_nonzero(active))
+    report = ClassReport(label=label, n=n, n_scored=rows.size, k_used=0, neighbors="none",
+                         dropped=0, dropped_before=dropped_before, cap_hit=False,
+                         dropped_total=dropped_before)
+    outcome = ClassOutcome(report=report, scores=np.full(n, np.nan),
+                           cluster_size=np.full(n, -1, dtype=np.int64),
+                           flagged=np.zeros(n, dtype=bool), drop=np.zeros(n, dtype=bool),
+                           messages=[])
+    if rows.size < 2:
+        if rows.size:
+            outcome.messages.append(f"class {label} has {rows.size} example to score; "
+                                    "it is kept unscored")
+        return outcome
+    if method in CROSS_CLASS_METHODS:
+        report.k_used, report.neighbors = data.votes.k_used, data.votes.neighbors
+        s, d = data.votes.agreement[rows], data.votes.drop[rows]
+    else:
+        # Canonical order within the class (by content, not input position).
+        with_features = method == "spectral" or params["gradient"] != "logits"
+        order = canonical_order(data.logits[rows],
+                                data.features[rows] if with_features else None)
+        rows = rows[order]
+        if method == "spectral":
+            s = spectral_scores(data.features[rows])
+            d = _density_rule(s, params)
+        else:
+            s, d, csize = _gradient_rule(data, rows, params, report, outcome.messages)
+            if csize is not None:
+                outcome.cluster_size[rows] = csize
+    flagged, report.cap_hit = apply_cap(d, s, params["max_drop_fraction"])
+    new = flagged & active[rows]
+    # The cumulative cap: drops before plus new drops stay within the limit.
+    room = max(0, int(np.floor(params["max_total_drop_fraction"] * n)) - dropped_before)
+    new, report.total_cap_hit = limit_drops(new, s, room)
+    report.flagged = int(flagged.sum())
+    report.dropped = int(new.sum())
+    report.dropped_total = dropped_before + report.dropped
+    outcome.scores[rows] = s
+    outcome.flagged[rows] = flagged
+    outcome.drop[rows] = new
+    return outcome
 
 
-def score_spilled_class(slices, active, n_medoids, params):
+def _density_rule(s, params):
+    if params["drop_fraction"] is not None:
+        return drop_by_fraction(s, params["drop_fraction"])
+    return drop_by_robust_threshold(s, params["z_threshold"])
+
+
+def _gradient_rule(data, rows, params, report, messages):
+    """EPIC or knn-density on the class's gradients: ``(scores, drop, cluster_size)``."""
+    label, method = report.label, params["method"]
+    k_c = min(params["k"], rows.size - 1)
+    if k_c < params["k"]:
+        messages.append(f"class {label} has {rows.size} examples, too few for "
+                        f"k={params['k']}; using k={k_c}")
+    report.k_used = k_c
+    grads = class_gradients(
+        np.full(rows.size, label, dtype=np.int64), data.logits[rows],
+        None if data.features is None else data.features[rows],
+        gradient=params["gradient"], num_classes=params["num_classes"],
+        label_smoothing=params["label_smoothing"])
+    if method != "epic":
+        _, knn_d2, report.neighbors = nb.kneighbors(
+            grads, k_c, backend=params["neighbors"], random_state=params["random_state"])
+        s = knn_density(knn_d2)
+        return s, _density_rule(s, params), None
+    if data.n_medoids == 0:
+        messages.append(f"class {label} got no EPIC medoid (the budget int(fraction * N) "
+                        "is spread too thin); it is kept")
+        _, knn_d2, report.neighbors = nb.kneighbors(
+            grads, k_c, backend=params["neighbors"], random_state=params["random_state"])
+        return knn_density(knn_d2), np.zeros(rows.size, dtype=bool), None
+    res, knn_d2, report.neighbors = epic_class(
+        grads, n_medoids=data.n_medoids, cluster_threshold=params["cluster_threshold"],
+        k=k_c, neighbors=params["neighbors"], dense_max=params["dense_max"],
+        random_state=params["random_state"])
+    report.epic_mode, report.n_medoids = res.mode, int(res.medoids.size)
+    return knn_density(knn_d2), res.drop, res.cluster_size
+
+
+def score_spilled_class(slices, active, n_medoids, params, votes=None):
     """:func:`score_class` on a class read from the spill.
 
     Parameters
@@ -150,9 +237,12 @@ def score_spilled_class(slices, active, n_medoids, params):
     active : ndarray of shape (slices.n,), bool, or None
     n_medoids : int or None
     params : dict
+    votes : CrossClassVotes or None
+        This class's rows of the cross-class votes, in the spill's row order.
     """
     logits, features = load_class(slices)
-    return score_class(ClassData(slices.label, logits, features, active, n_medoids), params)
+    return score_class(ClassData(slices.label, logits, features, active, n_medoids, votes),
+                       params)
 
 
 def gather(outcomes, class_rows, *, n, active, params, progress=False, total=None):

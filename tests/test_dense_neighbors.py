@@ -6,7 +6,7 @@ from threadpoolctl import threadpool_info
 
 from gradscore import neighbors as nb
 from gradscore.gradients import class_gradients
-from gradscore.pipeline import one_blas_thread_each
+from gradscore._threads import one_blas_thread_each
 from gradscore.selection.epic import similarity_from_sqdist
 
 

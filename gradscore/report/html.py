@@ -17,7 +17,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import GradscoreError
 from ..io._atomic import atomic_path
-from ..pipeline import DROPPED
+from ..result import DROPPED
 from ._templates import render
 
 #: Classes drawn in the score-distribution grid; beyond this, those with

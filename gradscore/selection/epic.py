@@ -35,8 +35,15 @@ from scipy.spatial import cKDTree
 
 from ._kernels import (_BLOCK, assign_to_medoids, dense_facility_location,
                        sparse_facility_location, sqdist_to_similarity)
+from .. import neighbors as nb
 from ..gradients import DenseGradients
 from ..neighbors._exact import KDTREE_MAX_DIM, nearest_target
+
+#: Classes up to this size run EPIC on the dense kernel (exact reference
+#: semantics; n^2 * 8 bytes, 200 MB at 5,000); larger ones on the k-NN
+#: graph. 5,000 puts CIFAR-10's classes, the paper's main setting, on the
+#: exact path. See docs/method.md and docs/benchmarks.md.
+DENSE_MAX = 5000
 
 
 @dataclass
@@ -214,3 +221,48 @@ def epic_sparse(grads, knn_idx, knn_d2, *, n_medoids, cluster_threshold):
         1.0 / grads.dim, scan, box_x)
     cluster, _ = nearest_target(grads, grads.take(medoids))
     return _finish(medoids, cluster, cluster_threshold, "sparse")
+
+
+def epic_class(grads, *, n_medoids, cluster_threshold, k, neighbors="auto",
+               dense_max=DENSE_MAX, random_state=None):
+    """EPIC on one class's gradients, with the k-NN the density score needs.
+
+    Parameters
+    ----------
+    grads : DenseGradients or OuterGradients
+    n_medoids : int
+        Medoids to pick, 1 <= n_medoids <= n.
+    cluster_threshold : int
+    k : int
+        Neighbours per row for the density score, 1 <= k < n.
+    neighbors : str, default="auto"
+        Neighbour backend (:mod:`gradscore.neighbors`).
+    dense_max : int, default=DENSE_MAX
+        Classes up to this size run on the dense kernel.
+    random_state : int, default=None
+
+    Returns
+    -------
+    result : EpicResult
+    knn_d2 : ndarray of shape (n, k)
+        Squared distances of each row's k nearest other rows.
+    used : str
+        The neighbour backend that ran.
+    """
+    if grads.n <= dense_max:
+        # EPIC's kernel over every pair and, unless the k-d tree serves
+        # the density score, its k-NN, in one pass over the Gram matrix.
+        tree = nb.resolve_backend(grads, neighbors) == "kdtree"
+        sim, knn_idx, knn_d2 = nb.similarity_and_knn(grads, 0 if tree else k, 1.0 / grads.dim)
+        if tree:
+            knn_idx, knn_d2, used = nb.kneighbors(grads, k, backend="kdtree")
+        else:
+            used = "dense"
+        res = epic_from_similarity(sim, n_medoids=n_medoids,
+                                   cluster_threshold=cluster_threshold)
+        return res, knn_d2, used
+    knn_idx, knn_d2, used = nb.kneighbors(grads, k, backend=neighbors,
+                                          random_state=random_state)
+    res = epic_sparse(grads, knn_idx, knn_d2, n_medoids=n_medoids,
+                      cluster_threshold=cluster_threshold)
+    return res, knn_d2, used
