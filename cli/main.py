@@ -51,7 +51,7 @@ def main():
 @click.option("--cluster-threshold", type=int, default=1, show_default=True,
               help="epic: drop examples in clusters of at most this size.")
 @click.option("-k", "--k", "k", type=int, default=20, show_default=True,
-              help="Neighbours per example (density score and epic's graph).")
+              help="Neighbours per example (density score, deep-knn and groups votes).")
 @click.option("--drop-fraction", type=float, default=None,
               help="knn-density: drop this fraction of each class, least dense first "
                    "(default: a robust threshold, see --z-threshold).")
@@ -67,8 +67,9 @@ def main():
 @click.option("--neighbors", type=click.Choice(nb.backend_names()), default="auto",
               show_default=True, help="Neighbour search backend.")
 @click.option("--dense-max", type=int, default=DENSE_MAX, show_default=True,
-              help="epic: classes up to this size use the exact dense kernel; "
-                   "larger ones the k-NN graph.")
+              help="epic: classes up to this size keep the n x n kernel matrix "
+                   "(faster, 8 n^2 bytes); larger ones recompute its values. Speed and "
+                   "memory only: the decisions are the same.")
 @click.option("--previous", type=click.Path(dir_okay=False),
               help="Keep-list of an earlier round: drops are cumulative.")
 @click.option("--cumulative", type=click.Choice(CUMULATIVE_RULES), default="intersect",

@@ -76,7 +76,7 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
     cluster_threshold : int, default=1
         EPIC: drop examples in clusters of at most this many members.
     k : int, default=20
-        Neighbours per example for the density score and the EPIC graph;
+        Neighbours per example for the density score;
         clamped to ``n_class - 1`` with a warning for small classes.
     drop_fraction : float, default=None
         knn-density: drop this fraction of each class, least dense first.
@@ -101,8 +101,10 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
     neighbors : str, default="auto"
         Neighbour backend (see :mod:`gradscore.neighbors`).
     dense_max : int, default=5000
-        EPIC runs on the exact dense kernel for classes up to this size,
-        on the k-NN graph above it.
+        EPIC keeps the n x n kernel matrix (8 n^2 bytes, faster) for
+        classes up to this size and recomputes its values above it. The
+        greedy is exact either way: this trades memory for speed, never
+        changes a decision (see :func:`gradscore.selection.epic_class`).
     num_classes : int, default=None
         Number of classes; defaults to ``logits.shape[1]``.
     active : array-like of shape (n_samples,), bool, default=None

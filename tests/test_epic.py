@@ -5,9 +5,9 @@ import pytest
 
 import gradscore
 from gradscore.gradients import DenseGradients, OuterGradients, logit_gradients
-from gradscore.neighbors import kneighbors, pairwise_sqdist
-from gradscore.selection.epic import (epic_dense, epic_sparse, medoid_budgets,
-                                      similarity_from_sqdist)
+from gradscore.neighbors import pairwise_sqdist
+from gradscore.selection.epic import (DENSE_MAX, epic_class, epic_dense, epic_exact,
+                                      medoid_budgets, similarity_from_sqdist)
 
 
 def reference_epic(x, n_medoids, threshold):
@@ -31,16 +31,72 @@ def reference_epic(x, n_medoids, threshold):
 
 
 @pytest.mark.parametrize("seed,n,n_medoids,threshold", [
-    (0, 40, 8, 1), (1, 120, 12, 1), (2, 90, 27, 2), (3, 60, 30, 1)])
-def test_dense_epic_reproduces_reference_greedy(seed, n, n_medoids, threshold):
+    (0, 40, 8, 1), (1, 120, 12, 1), (2, 90, 27, 2), (3, 60, 30, 1), (4, 150, 75, 1)])
+def test_epic_reproduces_reference_greedy(seed, n, n_medoids, threshold):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 3))
     x[: n // 10] *= 2.5  # a few isolated points (not so far that their gains tie)
-    res = epic_dense(pairwise_sqdist(DenseGradients(x)), n_medoids=n_medoids, dim=3,
-                     cluster_threshold=threshold)
     picked, drop = reference_epic(x, n_medoids, threshold)
-    assert res.medoids.tolist() == picked.tolist()
-    assert (res.drop == drop).all()
+    g = DenseGradients(x)
+    for res in (epic_dense(pairwise_sqdist(g), n_medoids=n_medoids, dim=3,
+                           cluster_threshold=threshold),
+                epic_exact(g, n_medoids=n_medoids, cluster_threshold=threshold),
+                epic_exact(g, n_medoids=n_medoids, cluster_threshold=threshold, cache_max=0)):
+        assert res.medoids.tolist() == picked.tolist()
+        assert (res.drop == drop).all()
+
+
+def _class_gradients(kind, n, c=10, seed=0):
+    """One class's logit gradients: a well-fit model's (margins 10-20, 0.5% of
+    rows pulled towards another class) or a half-trained one's."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, c))
+    if kind == "fitted":
+        z[:, 0] += rng.uniform(10, 20, n)
+        moved = rng.choice(n, max(1, n // 200), replace=False)
+        z[moved, 0] -= 12
+        z[moved, rng.integers(1, c, moved.size)] += 6
+    else:
+        z[:, 0] += rng.choice([8.0, 5.0, 2.0], size=n, p=[0.7, 0.2, 0.1])
+    return DenseGradients(logit_gradients(np.zeros(n, dtype=int), z))
+
+
+@pytest.mark.parametrize("kind", ["fitted", "unfitted"])
+def test_exact_greedy_is_the_dense_greedy_without_the_matrix(kind):
+    # The regime users are in: late-epoch exports whose gradients sit near
+    # zero (where the k-NN graph approximation dropped 9x too much) and
+    # half-trained ones.
+    g = _class_gradients(kind, 1500)
+    dense = epic_dense(pairwise_sqdist(g), n_medoids=300, dim=g.dim, cluster_threshold=1)
+    streamed = epic_exact(g, n_medoids=300, cluster_threshold=1, cache_max=0)
+    kept = epic_exact(g, n_medoids=300, cluster_threshold=1, cache_max=10**6)
+    assert streamed.medoids.tolist() == dense.medoids.tolist()
+    assert (streamed.cluster == dense.cluster).all() and (streamed.drop == dense.drop).all()
+    # Keeping the matrix changes nothing, to the bit: the same medoids in the
+    # same order and the same clusters.
+    assert kept.medoids.tolist() == streamed.medoids.tolist()
+    assert (kept.cluster == streamed.cluster).all()
+
+
+@pytest.mark.parametrize("which", ["wide logits", "last-layer"])
+def test_exact_greedy_on_wide_and_factored_gradients(which):
+    rng = np.random.default_rng(3)
+    n = 400
+    if which == "wide logits":
+        z = rng.normal(size=(n, 40))
+        z[:, 0] += 4
+        g = DenseGradients(logit_gradients(np.zeros(n, dtype=int), z))
+    else:
+        g = OuterGradients(rng.normal(size=(n, 3)), rng.normal(size=(n, 6)))
+    dense = epic_dense(pairwise_sqdist(g), n_medoids=80, dim=g.dim, cluster_threshold=1)
+    for dense_max in (0, DENSE_MAX):
+        res, _, _ = epic_class(g, n_medoids=80, cluster_threshold=1, k=10, dense_max=dense_max)
+        # Distances from factors and from a BLAS Gram matrix differ in the
+        # last bits. Two rows nearer to each other than to any medoid have
+        # equal gains (1 + s_ij - cur_i - cur_j), so which of them becomes
+        # the medoid can differ; the other joins it either way.
+        assert len(set(res.medoids.tolist()) & set(dense.medoids.tolist())) >= 76
+        assert (res.drop == dense.drop).all()
 
 
 def test_kernel_is_submodlibs_euclidean_similarity():
@@ -72,9 +128,12 @@ def test_duplicated_data_drops_nothing():
     g = DenseGradients(x2)
     res = epic_dense(pairwise_sqdist(g), n_medoids=40, dim=4, cluster_threshold=1)
     assert not res.drop.any()
-    idx, d2, _ = kneighbors(g, 10)
-    res = epic_sparse(g, idx, d2, n_medoids=40, cluster_threshold=1)
-    assert not res.drop.any()
+    for cache_max in (0, DENSE_MAX):
+        res = epic_exact(g, n_medoids=40, cluster_threshold=1, cache_max=cache_max)
+        assert not res.drop.any()
+    # Duplicates of a medoid join it (distance 0), never a later medoid.
+    res = epic_exact(g, n_medoids=100, cluster_threshold=1, cache_max=0)
+    assert (res.cluster_size >= 2).all()
 
 
 def test_medoid_budgets_follow_the_authors_split():
@@ -102,50 +161,15 @@ def test_score_uses_the_global_budget():
     assert sum(c.n_medoids for c in r.classes) == int(0.2 * labels.size)
 
 
-def test_sparse_uses_the_factored_gradient_dimension():
+def test_exact_uses_the_factored_gradient_dimension():
     rng = np.random.default_rng(2)
     a, h = rng.normal(size=(60, 3)), rng.normal(size=(60, 5))
     og = OuterGradients(a, h)
     explicit = DenseGradients(og.dense())
     assert og.dim == explicit.dim == 15
-    for g in (og, explicit):
-        idx, d2, _ = kneighbors(g, 8, backend="brute")
-        res = epic_sparse(g, idx, d2, n_medoids=12, cluster_threshold=1)
-        if g is og:
-            first = res
-    assert (res.medoids == first.medoids).all()
-
-
-def test_sparse_with_the_full_graph_is_the_dense_greedy():
-    # With every other point as a neighbour every candidate is credited for
-    # every example: the graph greedy is the dense one exactly.
-    rng = np.random.default_rng(7)
-    x = rng.normal(size=(80, 4))
-    x[:6] *= 4
-    g = DenseGradients(x)
-    d2 = pairwise_sqdist(g)
-    dense = epic_dense(d2, n_medoids=16, dim=4, cluster_threshold=1)
-    idx, kd2, _ = kneighbors(g, 79, backend="brute")
-    sparse = epic_sparse(g, idx, kd2, n_medoids=16, cluster_threshold=1)
-    assert sparse.medoids.tolist() == dense.medoids.tolist()
-    assert (sparse.drop == dense.drop).all()
-
-
-def test_sparse_agrees_with_dense_on_structured_gradients():
-    """The k-NN-graph greedy should mostly drop what the dense kernel drops
-    (measured agreement is reported in docs/method.md; this guards a floor)."""
-    rng = np.random.default_rng(1)
-    n, c = 1500, 10
-    z = rng.normal(size=(n, c))
-    z[:, 0] += rng.choice([8, 5, 2], size=n, p=[0.7, 0.2, 0.1])
-    z[:20, 0] -= 6
-    g = DenseGradients(logit_gradients(np.zeros(n, dtype=int), z))
-    dense = epic_dense(pairwise_sqdist(g), n_medoids=300, dim=c, cluster_threshold=1)
-    idx, d2, _ = kneighbors(g, 20)
-    sparse = epic_sparse(g, idx, d2, n_medoids=300, cluster_threshold=1)
-    jaccard = (dense.drop & sparse.drop).sum() / max(1, (dense.drop | sparse.drop).sum())
-    assert jaccard > 0.9
-    assert sparse.medoids.size == dense.medoids.size
+    first = epic_exact(og, n_medoids=12, cluster_threshold=1, cache_max=0)
+    res = epic_exact(explicit, n_medoids=12, cluster_threshold=1, cache_max=0)
+    assert sorted(res.medoids.tolist()) == sorted(first.medoids.tolist())
 
 
 def test_class_whose_budget_rounds_to_zero_is_kept_with_a_warning():

@@ -1,4 +1,4 @@
-"""gradscore's dense EPIC against submodlib, the library the authors' code calls.
+"""gradscore's EPIC against submodlib, the library the authors' code calls.
 
 Skipped where submodlib-py is not installed (it comes with the ``test`` and
 ``reference`` extras). The comparison with the authors' whole pipeline on
@@ -14,7 +14,7 @@ import pytest
 
 from gradscore.gradients import DenseGradients, logit_gradients
 from gradscore.neighbors import pairwise_sqdist
-from gradscore.selection.epic import epic_dense
+from gradscore.selection.epic import epic_dense, epic_exact
 
 fl = pytest.importorskip("submodlib.functions.facilityLocation")
 
@@ -46,25 +46,32 @@ def submodlib_epic(x, budget):
     return order, s, sizes[cluster] <= 1
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_dense_epic_matches_submodlib_on_logit_gradients(seed):
+@pytest.mark.parametrize("seed,fitted", [(0, False), (1, False), (2, False), (3, True)])
+def test_epic_matches_submodlib_on_logit_gradients(seed, fitted):
     rng = np.random.default_rng(seed)
     n, c = 300, 10
     z = rng.normal(size=(n, c))
-    z[:, 0] += rng.choice([6.0, 3.0, 1.0], size=n, p=[0.6, 0.3, 0.1])
+    if fitted:
+        # A well-fit model: most softmax outputs within 1e-3 of one-hot.
+        z[:, 0] += rng.uniform(8, 14, size=n)
+    else:
+        z[:, 0] += rng.choice([6.0, 3.0, 1.0], size=n, p=[0.6, 0.3, 0.1])
     g = logit_gradients(np.zeros(n, dtype=int), z).astype(np.float32)
     budget = 60
     order, s_ref, drop_ref = submodlib_epic(g, budget)
     d2 = pairwise_sqdist(DenseGradients(g.astype(np.float64)))
     # The kernel is submodlib's (it computes in float32).
     np.testing.assert_allclose(np.exp(-np.sqrt(d2) / c), s_ref, atol=2e-6)
-    res = epic_dense(d2, n_medoids=budget, dim=c, cluster_threshold=1)
-    # submodlib's float32 gains order near-ties differently after 10-40 picks
-    # (measured); the greedy reaches the same objective value and the same
-    # drop set.
     sim = np.exp(-np.sqrt(d2) / c)
     value = lambda medoids: sim[:, medoids].max(axis=1).sum()  # noqa: E731
-    assert res.medoids[:8].tolist() == order[:8].tolist()
-    assert value(res.medoids) == pytest.approx(value(order), rel=1e-9)
-    assert len(set(res.medoids.tolist()) & set(order.tolist())) >= budget - 6
-    np.testing.assert_array_equal(res.drop, drop_ref)
+    g64 = DenseGradients(g.astype(np.float64))
+    for res in (epic_dense(d2, n_medoids=budget, dim=c, cluster_threshold=1),
+                epic_exact(g64, n_medoids=budget, cluster_threshold=1),
+                epic_exact(g64, n_medoids=budget, cluster_threshold=1, cache_max=0)):
+        # submodlib's float32 gains order near-ties differently after 10-40
+        # picks (measured); the greedy reaches the same objective value and
+        # the same drop set.
+        assert res.medoids[:8].tolist() == order[:8].tolist()
+        assert value(res.medoids) == pytest.approx(value(order), rel=1e-9)
+        assert len(set(res.medoids.tolist()) & set(order.tolist())) >= budget - 6
+        np.testing.assert_array_equal(res.drop, drop_ref)

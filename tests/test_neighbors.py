@@ -4,7 +4,6 @@ import pytest
 from gradscore import neighbors as nb
 from gradscore.errors import GradscoreError
 from gradscore.gradients import DenseGradients, OuterGradients
-from gradscore.neighbors._exact import nearest_target
 
 
 def exact_knn(x, k):
@@ -67,11 +66,3 @@ def test_auto_picks_kdtree_low_dim_and_brute_high_dim():
 def test_unknown_backend_is_an_error():
     with pytest.raises(GradscoreError, match="'neighbors' must be one of"):
         nb.kneighbors(DenseGradients(np.zeros((5, 2))), 2, backend="faiss")
-
-
-def test_nearest_target_prefers_earlier_target_on_ties():
-    pts = DenseGradients(np.array([[0.0, 0.0], [1.0, 0.0]]))
-    targets = DenseGradients(np.array([[1.0, 1.0], [1.0, -1.0], [1.0, 1.0]]))
-    pos, d2 = nearest_target(pts, targets)
-    assert pos.tolist() == [0, 0]
-    np.testing.assert_allclose(d2, [2.0, 1.0])

@@ -94,7 +94,7 @@ def _poisoned_dataset(seed=0, n_per_class=400, c=5, d=12):
                                              ("epic", "last-layer")])
 def test_same_decisions_as_numpy(method, gradient):
     labels, logits, features = _poisoned_dataset()
-    kw = dict(method=method, gradient=gradient, k=15, dense_max=0)  # k-NN graph path
+    kw = dict(method=method, gradient=gradient, k=15, dense_max=0)  # kNN from the backend
     ref = gradscore.score(labels, logits, features, neighbors="brute", **kw)
     got = gradscore.score(labels, logits, features, neighbors="onnx", **kw)
     np.testing.assert_array_equal(got.keep, ref.keep)

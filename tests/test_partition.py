@@ -53,7 +53,7 @@ def run_both(tmp_path, paths, **params):
 CASES = {
     "epic float32": dict(),
     "epic float16, 2 shards": dict(write=dict(dtype=np.float16, n_shards=2)),
-    "epic sparse graph": dict(params=dict(dense_max=50)),
+    "epic without the kernel matrix": dict(params=dict(dense_max=50)),
     "knn-density last-layer": dict(params=dict(method="knn-density", gradient="last-layer",
                                                drop_fraction=0.1)),
     "spectral, string ids": dict(params=dict(method="spectral"), write=dict(str_ids=True)),

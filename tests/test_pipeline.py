@@ -205,14 +205,17 @@ def test_knn_density_drop_fraction_drops_exactly_that_fraction():
         assert c.dropped == int(np.floor(0.1 * c.n))
 
 
-def test_sparse_and_dense_epic_paths_both_run_and_are_labelled():
+def test_dense_max_changes_memory_not_the_answer():
+    # Classes just under, at and over the threshold: the kernel matrix is
+    # kept or recomputed, the keep-list is the same to the example.
     labels, logits, _ = make_data(n=600, seed=10)
-    dense = gradscore.score(labels, logits, dense_max=10_000)
-    sparse = gradscore.score(labels, logits, dense_max=0)
-    assert {c.epic_mode for c in dense.classes} == {"dense"}
-    assert {c.epic_mode for c in sparse.classes} == {"sparse"}
-    agree = (dense.keep == sparse.keep).mean()
-    assert agree > 0.9
+    sizes = np.bincount(labels)
+    runs = [gradscore.score(labels, logits, dense_max=m)
+            for m in (0, int(sizes.min()) - 1, int(np.median(sizes)), int(sizes.max()), 10_000)]
+    for r in runs:
+        assert {c.epic_mode for c in r.classes} == {"exact"}
+        assert (r.keep == runs[0].keep).all()
+        assert (r.cluster_size == runs[0].cluster_size).all()
 
 
 def test_deep_knn_drops_examples_whose_neighbours_carry_another_label():

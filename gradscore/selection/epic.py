@@ -15,17 +15,15 @@ the medoid picked first); examples in clusters of at most
 ``cluster_threshold`` members are dropped. :func:`medoid_budgets` splits
 the medoid budget over classes as the authors do.
 
-Two ways to run it:
-
+``epic_exact`` (what scoring runs, at every class size)
+    The greedy with exact gains in memory linear in ``n``: a candidate's
+    gain only counts the rows it would bring closer than their medoid, so
+    blocks of rows that are certainly farther are skipped and the rest is
+    computed (see :mod:`gradscore.selection._exact`). Small classes keep the
+    n x n kernel matrix instead of recomputing it, with the same numbers.
 ``epic_dense``
-    The full n x n kernel, exactly the reference semantics. O(n^2) memory.
-``epic_sparse``
-    The same greedy on the k-NN graph (O(n k) memory): candidate j is only
-    credited for the examples that list j among their k nearest neighbours,
-    while every example's coverage (its similarity to the nearest chosen
-    medoid) is kept exact (see
-    :func:`gradscore.selection._kernels.sparse_facility_location`). Once
-    medoids are chosen, each example joins its exact nearest medoid.
+    The plain lazy greedy on a full n x n kernel, the reference semantics
+    written out (O(n^2) memory): the tests' and benchmarks' yardstick.
 """
 
 from dataclasses import dataclass
@@ -33,11 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ._kernels import (_BLOCK, assign_to_medoids, dense_facility_location,
-                       sparse_facility_location, sqdist_to_similarity)
+from ._exact import BLOCK as _EXACT_BLOCK, exact_facility_location
+from ._kernels import assign_to_medoids, dense_facility_location, sqdist_to_similarity
 from .. import neighbors as nb
 from ..gradients import DenseGradients
-from ..neighbors._exact import KDTREE_MAX_DIM, nearest_target
+from ..neighbors._exact import KDTREE_MAX_DIM
 
 #: Classes up to this size run EPIC on the dense kernel (exact reference
 #: semantics; n^2 * 8 bytes, 200 MB at 5,000); larger ones on the k-NN
@@ -179,53 +177,72 @@ def epic_from_similarity(sim, *, n_medoids, cluster_threshold):
     return _finish(medoids, cluster, cluster_threshold, "dense")
 
 
-def epic_sparse(grads, knn_idx, knn_d2, *, n_medoids, cluster_threshold):
-    """EPIC on a k-NN graph (``knn_idx``, ``knn_d2`` of shape (n, k)).
+def epic_exact(grads, *, n_medoids, cluster_threshold, sim=None, cache_max=DENSE_MAX):
+    """EPIC's exact greedy, without an n x n matrix unless the class is small.
+
+    Picks what :func:`epic_dense` picks (the same greedy on the same
+    kernel; the gains are summed in another order, so only a tie to the
+    last bit can go the other way): see :mod:`gradscore.selection._exact`.
 
     Parameters
     ----------
     grads : DenseGradients or OuterGradients
-        The class's gradients (``grads.dim`` sets the kernel's scale).
-    knn_idx, knn_d2 : ndarray of shape (n, k)
-        Each row's k nearest other rows and their squared distances.
     n_medoids : int
         Medoids to pick, 1 <= n_medoids <= n.
     cluster_threshold : int
+    sim : ndarray of shape (n, n), default=None
+        The kernel matrix, if the caller has it (rows in ``grads``' order;
+        :func:`gradscore.neighbors.similarity_and_knn`).
+    cache_max : int, default=DENSE_MAX
+        Without ``sim``, classes up to this size keep the n x n kernel
+        matrix (8 n^2 bytes) instead of recomputing its values. For
+        gradients of dimension <= ``KDTREE_MAX_DIM`` the kept values are
+        bit for bit the recomputed ones, so this changes speed and memory,
+        never a decision.
 
     Returns
     -------
     result : EpicResult
+        ``mode`` is ``"exact"``.
     """
-    n, k = knn_idx.shape
-    # Reverse graph: candidate j covers i when j is among i's neighbours;
-    # every candidate also covers itself at distance 0.
-    cand = np.concatenate([knn_idx.ravel(), np.arange(n)])
-    members = np.concatenate([np.repeat(np.arange(n), k), np.arange(n)])
-    dist = np.concatenate([knn_d2.ravel(), np.zeros(n)])
-    order = np.argsort(cand, kind="stable")
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cand, minlength=n), out=indptr[1:])
-    a, h = grads.factors()
-    sqn = grads.sqnorms()
-    if isinstance(grads, DenseGradients) and grads.dim <= KDTREE_MAX_DIM:
-        # Blocks of a k-d tree's leaves are compact: their bounding boxes
-        # let the kernel skip most of them for each new medoid.
-        box_x = grads.values
-        scan = cKDTree(box_x, leafsize=_BLOCK).indices.astype(np.int64)
+    n = grads.n
+    sqn = np.ascontiguousarray(grads.sqnorms(), dtype=np.float64)
+    explicit = isinstance(grads, DenseGradients) and grads.dim <= KDTREE_MAX_DIM
+    empty = np.zeros((0, n))
+    if sim is not None:
+        # Rows stay in the caller's order; blocks are bounded by norms.
+        order = np.arange(n, dtype=np.int64)
+        explicit = False
+        at, ht, xt = _factors_t(grads, order)
+    elif explicit:
+        # A k-d tree's leaf order: consecutive rows are close together.
+        order = cKDTree(grads.values, leafsize=_EXACT_BLOCK // 2).indices.astype(np.int64)
+        xt, at, ht = np.ascontiguousarray(grads.values[order].T), empty, empty
     else:
-        box_x = np.zeros((n, 0))
-        scan = np.argsort(sqn, kind="stable").astype(np.int64)
-    medoids = sparse_facility_location(
-        indptr, members[order].astype(np.int64),
-        similarity_from_sqdist(dist[order], grads.dim), int(n_medoids), a, h, sqn,
-        1.0 / grads.dim, scan, box_x)
-    cluster, _ = nearest_target(grads, grads.take(medoids))
-    return _finish(medoids, cluster, cluster_threshold, "sparse")
+        order = np.argsort(sqn, kind="stable")
+        at, ht, xt = _factors_t(grads, order)
+    cached = sim is not None or (explicit and n <= cache_max)
+    medoids, cluster = exact_facility_location(
+        xt, at, ht, sqn[order], explicit, int(n_medoids), 1.0 / grads.dim, order, cached,
+        np.zeros((0, 0)) if sim is None else np.ascontiguousarray(sim, dtype=np.float64))
+    out = np.empty(n, dtype=np.int64)
+    out[order] = cluster
+    return _finish(order[medoids], out, cluster_threshold, "exact")
+
+
+def _factors_t(grads, order):
+    a, h = grads.factors()
+    return (np.ascontiguousarray(a[order].T, dtype=np.float64),
+            np.ascontiguousarray(h[order].T, dtype=np.float64), np.zeros((0, grads.n)))
 
 
 def epic_class(grads, *, n_medoids, cluster_threshold, k, neighbors="auto",
                dense_max=DENSE_MAX, random_state=None):
     """EPIC on one class's gradients, with the k-NN the density score needs.
+
+    The greedy is exact at every class size (:func:`epic_exact`); ``dense_max``
+    only decides whether the n x n kernel matrix is kept (faster, 8 n^2
+    bytes) or its values recomputed.
 
     Parameters
     ----------
@@ -238,7 +255,7 @@ def epic_class(grads, *, n_medoids, cluster_threshold, k, neighbors="auto",
     neighbors : str, default="auto"
         Neighbour backend (:mod:`gradscore.neighbors`).
     dense_max : int, default=DENSE_MAX
-        Classes up to this size run on the dense kernel.
+        Classes up to this size keep the kernel matrix.
     random_state : int, default=None
 
     Returns
@@ -249,20 +266,19 @@ def epic_class(grads, *, n_medoids, cluster_threshold, k, neighbors="auto",
     used : str
         The neighbour backend that ran.
     """
-    if grads.n <= dense_max:
-        # EPIC's kernel over every pair and, unless the k-d tree serves
-        # the density score, its k-NN, in one pass over the Gram matrix.
-        tree = nb.resolve_backend(grads, neighbors) == "kdtree"
-        sim, knn_idx, knn_d2 = nb.similarity_and_knn(grads, 0 if tree else k, 1.0 / grads.dim)
-        if tree:
-            knn_idx, knn_d2, used = nb.kneighbors(grads, k, backend="kdtree")
-        else:
-            used = "dense"
-        res = epic_from_similarity(sim, n_medoids=n_medoids,
-                                   cluster_threshold=cluster_threshold)
-        return res, knn_d2, used
-    knn_idx, knn_d2, used = nb.kneighbors(grads, k, backend=neighbors,
-                                          random_state=random_state)
-    res = epic_sparse(grads, knn_idx, knn_d2, n_medoids=n_medoids,
-                      cluster_threshold=cluster_threshold)
+    sim = None
+    if grads.n <= dense_max and not (isinstance(grads, DenseGradients)
+                                     and grads.dim <= KDTREE_MAX_DIM):
+        # Wide gradients: the matrix from one BLAS Gram matrix (much faster
+        # than row by row), with the density score's k-NN on the way unless
+        # another backend is asked for.
+        brute = nb.resolve_backend(grads, neighbors) == "brute"
+        sim, knn_idx, knn_d2 = nb.similarity_and_knn(grads, k if brute else 0,
+                                                     1.0 / grads.dim)
+        used = "dense"
+    if sim is None or not brute:
+        knn_idx, knn_d2, used = nb.kneighbors(grads, k, backend=neighbors,
+                                              random_state=random_state)
+    res = epic_exact(grads, n_medoids=n_medoids, cluster_threshold=cluster_threshold,
+                     sim=sim, cache_max=dense_max)
     return res, knn_d2, used
