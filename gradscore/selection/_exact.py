@@ -185,13 +185,30 @@ def _block_bounds(xt, nrm, explicit, n_blocks):
 
 @njit(cache=True, nogil=True)
 def _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work):
-    """The n x n kernel matrix, row by row (the values every path computes)."""
+    """The n x n kernel matrix (the values every path computes), each pair
+    computed once: the kernel is symmetric to the bit (see _sqdist_rows)."""
     n = sqn.shape[0]
-    for j in range(n):
-        for s in range(0, n, BLOCK):
-            e = min(n, s + BLOCK)
-            _kernel_rows(xt, at, ht, sqn, explicit, j, s, e, inv_dim, q, q2, kv, work)
-            sim[j, s:e] = kv[:e - s]
+    for s2 in range(0, n, BLOCK):
+        e2 = min(n, s2 + BLOCK)
+        for i in range(0, e2):
+            j0 = max(s2, i)
+            _kernel_rows(xt, at, ht, sqn, explicit, i, j0, e2, inv_dim, q, q2, kv, work)
+            sim[i, j0:e2] = kv[:e2 - j0]
+            for t in range(e2 - j0):
+                sim[j0 + t, i] = kv[t]
+
+
+@njit(cache=True, nogil=True)
+def _row_gain(row, cur):
+    """A candidate's gain from its whole row of the kernel matrix: the
+    block sums of :func:`_gain` over every block (a block :func:`_gain`
+    skips sums to exactly 0, so both give the same bits)."""
+    n = row.shape[0]
+    g = 0.0
+    for s in range(0, n, BLOCK):
+        e = min(n, s + BLOCK)
+        g += _block_sum(row[s:e], cur[s:e], e - s)
+    return g
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -363,9 +380,10 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
     kv = np.empty(BLOCK)
     work = np.empty(BLOCK)
     acc = np.empty((4, BLOCK))
-    # A given matrix may hold other bits than the kernels would compute, so
-    # then no distance is compared: nothing is skipped.
-    prune = not cached or sim.shape[0] != n
+    # With the matrix, whole rows are scanned (no distance is compared, so a
+    # given matrix need not hold the kernels' very bits); without it, blocks
+    # a candidate cannot reach are skipped.
+    prune = not cached
     if cached and sim.shape[0] != n:
         sim = np.empty((n, n))
         _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work)
@@ -406,8 +424,11 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
             picked += 1
             evals = 0
             continue
-        g = _gain(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov2, cur,
-                  inv_dim, j, q, q2, kv, work)
+        if cached:
+            g = _row_gain(sim[j], cur)
+        else:
+            g = _gain(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov2,
+                      cur, inv_dim, j, q, q2, kv, work)
         stamp[j] = picked
         size = _push(hg, hr, size, g, r)
         evals += 1
