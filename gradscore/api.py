@@ -113,6 +113,9 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         paths = [paths]
     paths = [os.fspath(p) for p in paths]
     output = os.fspath(output) if output is not None else default_output(paths)
+    # Absolute paths, resolved here: the workers that open the inputs (and
+    # the spill) may run in another folder, on another machine.
+    paths = [os.path.abspath(p) for p in paths]
     # Check output names before the heavy work, so a typo costs nothing.
     out_ext = _ext(output, KEEPLIST_FORMATS, "keep-list")
     sc_ext = _ext(scores_path, SCORES_FORMATS, "scores table") if scores_path else None
@@ -228,7 +231,7 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
     need_f = needs_features(method, gradient)
     if need_f and indexes[0].n_features is None:
         check_features_given(method, gradient, None)
-    spill_dir = os.fspath(spill_dir)
+    spill_dir = os.path.abspath(os.fspath(spill_dir))
     if not os.path.isdir(spill_dir):
         raise GradscoreError(f"spill_dir {spill_dir} is not a folder")
     tmp = tempfile.mkdtemp(prefix=".gradscore-spill-", dir=spill_dir)

@@ -72,6 +72,22 @@ def test_cli_scheduler_address_and_scheduler_file(tmp_path, cluster):
     assert (tmp_path / "a.txt").read_bytes() == local == (tmp_path / "b.txt").read_bytes()
 
 
+def test_relative_paths_from_the_shards_folder(tmp_path, cluster, monkeypatch):
+    # As a user on a shared filesystem types it: `cd` to the shards, name
+    # them relatively. The workers run in another folder; the client makes
+    # every path absolute before submitting anything.
+    paths, _ = write_shards(str(tmp_path), n=600, c=4, n_shards=2)
+    names = [os.path.basename(p) for p in paths]
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    r0 = runner.invoke(cli, ["score", *names, "-o", "local.txt", "-q"])
+    r1 = runner.invoke(cli, ["score", *names, "-q", "--scheduler", cluster.scheduler_address,
+                             "--spill-dir", "."])
+    assert (r0.exit_code, r1.exit_code) == (0, 0), r1.output
+    default = os.path.splitext(names[0])[0] + ".keep.txt"
+    assert (tmp_path / default).read_bytes() == (tmp_path / "local.txt").read_bytes()
+
+
 def test_a_shard_no_worker_can_open_is_refused_clearly(tmp_path, client):
     paths, _ = write_shards(str(tmp_path), n=300, c=3, n_shards=2)
     missing = str(tmp_path / "elsewhere" / "shard-9.h5")
