@@ -2,7 +2,6 @@
 
 from numba import njit
 import numpy as np
-from scipy.spatial import cKDTree
 
 from ._dense import gram_sqdist, insert_knn, lower_gram
 
@@ -112,6 +111,7 @@ def _block_knn(gram, sq, groups, row0, idx, d2):
 
 def kdtree_kneighbors(grads, k, *, random_state=None):
     """Exact search with scipy's cKDTree on explicit vectors."""
+    from scipy.spatial import cKDTree  # on first use: scipy.spatial is slow to import
     x = grads.dense()
     tree = cKDTree(x, **_KDTREE_OPTIONS)
     dist, idx = tree.query(x, k=k + 1, workers=-1)

@@ -42,6 +42,7 @@ import numpy as np
 from numba import njit
 
 from .._vexp import exp_chunk
+from ..neighbors._dense import insert_knn
 from ._kernels import _pop, _push
 
 #: Rows per block (a multiple of 4).
@@ -184,10 +185,16 @@ def _block_bounds(xt, nrm, explicit, n_blocks):
 
 
 @njit(cache=True, nogil=True)
-def _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work):
+def _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work, knn_idx, knn_d2):
     """The n x n kernel matrix (the values every path computes), each pair
-    computed once: the kernel is symmetric to the bit (see _sqdist_rows)."""
+    computed once: the kernel is symmetric to the bit (see _sqdist_rows).
+    On the way, each row's ``k = knn_idx.shape[1]`` nearest other rows
+    (equal distances by row number), as the k-d tree would give them."""
     n = sqn.shape[0]
+    k = knn_idx.shape[1]
+    thr = np.full(n, np.inf if k > 0 else -np.inf)
+    knn_d2[:] = np.inf
+    knn_idx[:] = -1
     for s2 in range(0, n, BLOCK):
         e2 = min(n, s2 + BLOCK)
         for i in range(0, e2):
@@ -196,6 +203,53 @@ def _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work):
             sim[i, j0:e2] = kv[:e2 - j0]
             for t in range(e2 - j0):
                 sim[j0 + t, i] = kv[t]
+            for t in range(e2 - j0):
+                j = j0 + t
+                v = q[t]
+                if j != i:
+                    if v <= thr[i]:
+                        insert_knn(knn_d2, knn_idx, thr, i, v, j)
+                    if v <= thr[j]:
+                        insert_knn(knn_d2, knn_idx, thr, j, v, i)
+
+
+@njit(cache=True, nogil=True)
+def kd_order(x, leaf):
+    """A spatially coherent order of the rows of ``x`` (n, m): split at the
+    median of the widest coordinate until ranges hold at most ``leaf`` rows
+    (a k-d tree's leaf order; ties kept in row order)."""
+    n, m = x.shape
+    order = np.arange(n)
+    starts = np.empty(2 * (n // max(1, leaf)) + 2, dtype=np.int64)
+    stops = np.empty_like(starts)
+    starts[0], stops[0] = 0, n
+    top = 1
+    while top > 0:
+        top -= 1
+        a, b = starts[top], stops[top]
+        if b - a <= leaf:
+            continue
+        best, width = 0, -1.0
+        for c in range(m):
+            lo, hi = np.inf, -np.inf
+            for t in range(a, b):
+                v = x[order[t], c]
+                lo = min(lo, v)
+                hi = max(hi, v)
+            if hi - lo > width:
+                best, width = c, hi - lo
+        if width <= 0.0:
+            continue
+        vals = np.empty(b - a)
+        for t in range(a, b):
+            vals[t - a] = x[order[t], best]
+        sub = order[a:b][np.argsort(vals, kind="mergesort")]
+        order[a:b] = sub
+        mid = a + (b - a) // 2
+        starts[top], stops[top] = a, mid
+        starts[top + 1], stops[top + 1] = mid, b
+        top += 2
+    return order
 
 
 @njit(cache=True, nogil=True)
@@ -332,7 +386,8 @@ def _refresh(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_co
 
 
 @njit(cache=True, nogil=True)
-def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, cached, sim):
+def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, cached, sim,
+                            knn_idx, knn_d2):
     """EPIC's greedy, exact, on rows in a spatially coherent order.
 
     Parameters
@@ -359,6 +414,9 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
         That matrix, in the rows' order; with ``cached`` and shape (0, 0)
         it is made here, with the very numbers the kernels compute
         otherwise (explicit gradients), so keeping it never changes a bit.
+    knn_idx, knn_d2 : ndarray of shape (n, k)
+        Filled with each row's k nearest other rows (positions, squared
+        distances) when the matrix is made here; k may be 0.
 
     Returns
     -------
@@ -386,7 +444,7 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
     prune = not cached
     if cached and sim.shape[0] != n:
         sim = np.empty((n, n))
-        _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work)
+        _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work, knn_idx, knn_d2)
     cov2 = np.full(n, np.inf)
     block_cov2 = np.full(n_blocks, np.inf)
     cur = np.zeros(n)

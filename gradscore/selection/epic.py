@@ -29,9 +29,8 @@ the medoid budget over classes as the authors do.
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from ._exact import BLOCK as _EXACT_BLOCK, exact_facility_location
+from ._exact import BLOCK as _EXACT_BLOCK, exact_facility_location, kd_order
 from ._kernels import assign_to_medoids, dense_facility_location, sqdist_to_similarity
 from .. import neighbors as nb
 from ..gradients import DenseGradients
@@ -205,10 +204,15 @@ def epic_exact(grads, *, n_medoids, cluster_threshold, sim=None, cache_max=DENSE
     result : EpicResult
         ``mode`` is ``"exact"``.
     """
+    return _epic_exact(grads, n_medoids, cluster_threshold, sim, cache_max, 0)[0]
+
+
+def _epic_exact(grads, n_medoids, cluster_threshold, sim, cache_max, k):
+    """:func:`epic_exact`, and each row's ``k`` nearest others when the
+    kernel matrix is made here (else ``k`` is ignored and they are None)."""
     n = grads.n
     sqn = np.ascontiguousarray(grads.sqnorms(), dtype=np.float64)
     explicit = isinstance(grads, DenseGradients) and grads.dim <= KDTREE_MAX_DIM
-    empty = np.zeros((0, n))
     if sim is not None:
         # Rows stay in the caller's order; blocks are bounded by norms.
         order = np.arange(n, dtype=np.int64)
@@ -216,18 +220,32 @@ def epic_exact(grads, *, n_medoids, cluster_threshold, sim=None, cache_max=DENSE
         at, ht, xt = _factors_t(grads, order)
     elif explicit:
         # A k-d tree's leaf order: consecutive rows are close together.
-        order = cKDTree(grads.values, leafsize=_EXACT_BLOCK // 2).indices.astype(np.int64)
-        xt, at, ht = np.ascontiguousarray(grads.values[order].T), empty, empty
+        order = kd_order(grads.values, _EXACT_BLOCK // 2)
+        xt, at, ht = np.ascontiguousarray(grads.values[order].T), np.zeros((0, n)), np.zeros((0, n))
     else:
         order = np.argsort(sqn, kind="stable")
         at, ht, xt = _factors_t(grads, order)
     cached = sim is not None or (explicit and n <= cache_max)
+    k = k if cached and sim is None else 0
+    knn_idx = np.empty((n, k), dtype=np.int64)
+    knn_d2 = np.empty((n, k))
     medoids, cluster = exact_facility_location(
         xt, at, ht, sqn[order], explicit, int(n_medoids), 1.0 / grads.dim, order, cached,
-        np.zeros((0, 0)) if sim is None else np.ascontiguousarray(sim, dtype=np.float64))
+        np.zeros((0, 0)) if sim is None else np.ascontiguousarray(sim, dtype=np.float64),
+        knn_idx, knn_d2)
     out = np.empty(n, dtype=np.int64)
     out[order] = cluster
-    return _finish(order[medoids], out, cluster_threshold, "exact")
+    res = _finish(order[medoids], out, cluster_threshold, "exact")
+    if k == 0:
+        return res, None, None
+    # Back to the caller's rows; equal distances by row number, as the k-d
+    # tree orders them.
+    idx = np.empty_like(knn_idx)
+    d2 = np.empty_like(knn_d2)
+    idx[order] = order[knn_idx]
+    d2[order] = knn_d2
+    srt = np.lexsort((idx, d2), axis=1)
+    return res, np.take_along_axis(idx, srt, axis=1), np.take_along_axis(d2, srt, axis=1)
 
 
 def _factors_t(grads, order):
@@ -242,7 +260,9 @@ def epic_class(grads, *, n_medoids, cluster_threshold, k, neighbors="auto",
 
     The greedy is exact at every class size (:func:`epic_exact`); ``dense_max``
     only decides whether the n x n kernel matrix is kept (faster, 8 n^2
-    bytes) or its values recomputed.
+    bytes) or its values recomputed. Where the matrix is kept, the density
+    score's neighbours come from the same pass unless ``neighbors`` names
+    a backend.
 
     Parameters
     ----------
@@ -264,21 +284,25 @@ def epic_class(grads, *, n_medoids, cluster_threshold, k, neighbors="auto",
     knn_d2 : ndarray of shape (n, k)
         Squared distances of each row's k nearest other rows.
     used : str
-        The neighbour backend that ran.
+        The neighbour backend that ran (``"dense"``: read off the kernel
+        matrix's pass).
     """
-    sim = None
-    if grads.n <= dense_max and not (isinstance(grads, DenseGradients)
-                                     and grads.dim <= KDTREE_MAX_DIM):
+    sim = knn_d2 = None
+    small = grads.n <= dense_max
+    explicit = isinstance(grads, DenseGradients) and grads.dim <= KDTREE_MAX_DIM
+    if small and not explicit:
         # Wide gradients: the matrix from one BLAS Gram matrix (much faster
         # than row by row), with the density score's k-NN on the way unless
         # another backend is asked for.
         brute = nb.resolve_backend(grads, neighbors) == "brute"
-        sim, knn_idx, knn_d2 = nb.similarity_and_knn(grads, k if brute else 0,
-                                                     1.0 / grads.dim)
-        used = "dense"
-    if sim is None or not brute:
-        knn_idx, knn_d2, used = nb.kneighbors(grads, k, backend=neighbors,
-                                              random_state=random_state)
-    res = epic_exact(grads, n_medoids=n_medoids, cluster_threshold=cluster_threshold,
-                     sim=sim, cache_max=dense_max)
+        sim, _, knn_d2 = nb.similarity_and_knn(grads, k if brute else 0, 1.0 / grads.dim)
+        if not brute:
+            knn_d2 = None
+    res, _, d2 = _epic_exact(grads, n_medoids, cluster_threshold, sim, dense_max,
+                             k if small and explicit and neighbors == "auto" else 0)
+    if d2 is not None:
+        knn_d2 = d2
+    if knn_d2 is not None:
+        return res, knn_d2, "dense"
+    _, knn_d2, used = nb.kneighbors(grads, k, backend=neighbors, random_state=random_state)
     return res, knn_d2, used

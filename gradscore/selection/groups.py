@@ -28,8 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import minimum_spanning_tree
 
 #: Largest candidate group, as a fraction of its class (see docs/method.md).
 MAX_GROUP_FRACTION = 0.5
@@ -77,6 +75,10 @@ def tree_edges(knn_idx, knn_d2):
         Euclidean edge lengths, non-decreasing. ``m = n - 1`` when the graph
         is connected, fewer otherwise (components are never merged).
     """
+    # On first use: scipy.sparse is slow to import, and EPIC never needs it.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
     n, k = knn_idx.shape
     if n < 2 or k == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
