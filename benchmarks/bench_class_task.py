@@ -30,8 +30,7 @@ from gradscore.gradients import class_gradients  # noqa: E402
 from gradscore.pipeline import check_params  # noqa: E402
 from gradscore.tasks import canonical_order as _canonical_order  # noqa: E402
 from gradscore.neighbors._dense import _similarity_and_knn, lower_gram  # noqa: E402
-from gradscore.selection._kernels import (assign_to_medoids,  # noqa: E402
-                                          dense_facility_location)
+from gradscore.selection.epic import _epic_exact  # noqa: E402
 from gradscore.tasks import ClassData, score_class  # noqa: E402
 
 
@@ -82,7 +81,6 @@ def main():
     g = class_gradients(np.full(1281, 3), z, num_classes=1000)
     gram = lower_gram(g)
     sim = nb.similarity_and_knn(g, 20, 1.0 / g.dim)[0]
-    medoids = dense_facility_location(sim, 256)
     sq = g.sqnorms()
     groups = np.arange(g.n)
     knn = (np.empty((g.n, 20), dtype=np.int64), np.empty((g.n, 20)))
@@ -93,8 +91,8 @@ def main():
         ("duplicate rows (hash)", lambda: g.duplicate_groups()),
         ("one pass: distances, k-NN, EPIC kernel (copy of the Gram included)",
          lambda: _similarity_and_knn(gram.copy(), sq, groups, 1e-3, *knn)),
-        ("EPIC greedy, 256 medoids", lambda: dense_facility_location(sim, 256)),
-        ("EPIC assignment to medoids", lambda: assign_to_medoids(sim, medoids)),
+        ("EPIC greedy and assignment, 256 medoids, on the kernel matrix",
+         lambda: _epic_exact(g, 256, 1, sim, 0, 0)),
     ]
     for name, func in [] if a.no_parts else parts:
         t = cpu(func, a.repeat)

@@ -22,6 +22,14 @@ generator here, so a class can differ by one medoid.
 
     python benchmarks/real_exports.py --n 25000 --export 5 7
     python benchmarks/bench_epic_reference.py --reference-repo PATH/TO/EPIC --write-docs
+
+``--cifar-shape`` instead times one round side by side on the CIFAR-10
+shape (50,000 x 10 classes, synthetic, classes of about 5,000 on either side
+of ``--dense-max``): the authors' ``get_orders_and_weights`` alone, in
+process, against ``gradscore score FILE`` as a whole process (Python start,
+imports, read, write included), alternating, ``--repeat`` times each.
+
+    python benchmarks/bench_epic_reference.py --reference-repo PATH --cifar-shape --repeat 3 --write-docs
 """
 
 import argparse
@@ -38,7 +46,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 import gradscore  # noqa: E402
 from gradscore.gradients import logit_gradients  # noqa: E402
-from bench_score import machine, write_docs as _write  # noqa: E402
+from bench_score import ensure, machine, run_measured, write_docs as _write  # noqa: E402
 
 
 def load_coreset(repo):
@@ -115,16 +123,70 @@ def jaccard(a, b):
     return 1.0 if u == 0 else float((a & b).sum() / u)
 
 
+def cifar_shape(coreset, repeat, fraction, seed):
+    """Side-by-side times and agreement on the CIFAR-10 shape (see the docstring)."""
+    import statistics
+    import tempfile
+    path = ensure("cifar", 50_000, 10, 512, "float32")
+    e = gradscore.read_epoch(path)
+    c = e.num_classes
+    grads = logit_gradients(e.labels, e.logits).astype(np.float32)
+    t_ref, t_mine, rss, cpu = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_measured(path, [], tmp)  # numba's cache, as a user's second run finds it
+        for _ in range(repeat):
+            t = time.perf_counter()
+            ref = reference_round(coreset, grads, e.labels, fraction, c, fixed=True, seed=seed)
+            t_ref.append(time.perf_counter() - t)
+            wall, r, u, _ = run_measured(path, [], tmp)
+            t_mine.append(wall)
+            rss.append(r)
+            cpu.append(u)
+        mine = gradscore.keep_mask(e.ids, gradscore.read_keeplist(
+            os.path.join(tmp, "bench.keep.txt")))
+    sizes = np.bincount(e.labels, minlength=c)
+    r, m = statistics.median(t_ref), statistics.median(t_mine)
+    lines = [
+        f"CIFAR-10 shape: synthetic 50,000 x 10 classes x 512 float32 (`benchmarks/synth.py`), "
+        f"classes of {sizes.min():,}-{sizes.max():,} ({(sizes > 5000).sum()} above 5,000); "
+        f"fraction {fraction}, one round. Reference: the authors' `get_orders_and_weights` "
+        "alone, in process (their keep rule, cluster numbering fixed). gradscore: "
+        "`gradscore score FILE -q --json` as a whole process (start, imports, read, score, "
+        f"write). Alternating, {repeat} runs each, medians.",
+        "",
+        "| dropped: reference | gradscore | Jaccard | time reference | time gradscore (whole "
+        "process) | ratio | gradscore CPU | gradscore peak RSS | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {(~ref).sum():,} | {(~mine).sum():,} | {jaccard(~ref, ~mine):.3f} | {r:.1f} s | "
+        f"{m:.2f} s | {r / m:.1f}x | {statistics.median(cpu):.1f} s | "
+        f"{statistics.median(rss):.0f} MiB | {os.getloadavg()[0]:.1f} |",
+        "",
+        f"Runs: reference {', '.join(f'{x:.1f}' for x in t_ref)} s; gradscore "
+        f"{', '.join(f'{x:.2f}' for x in t_mine)} s. Machine: {machine()}. Command: "
+        f"`python benchmarks/bench_epic_reference.py --reference-repo PATH --cifar-shape "
+        f"--repeat {repeat}`."]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference-repo", required=True,
                     help="a checkout of github.com/YuYang0901/EPIC")
+    ap.add_argument("--cifar-shape", action="store_true",
+                    help="time one round side by side on the CIFAR-10 shape instead")
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--n", type=int, default=25_000, help="mnist1d samples for the exports")
     ap.add_argument("--epochs", type=int, nargs=2, default=[5, 7])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--write-docs", action="store_true")
     a = ap.parse_args()
+    if a.cifar_shape:
+        text = cifar_shape(load_coreset(a.reference_repo), a.repeat, 0.2, a.seed)
+        print(text)
+        if a.write_docs:
+            _write(text, key="epic-reference-cifar")
+        return
     from real_exports import make_exports
     paths = make_exports(a.n, tuple(a.epochs))
     coreset = load_coreset(a.reference_repo)
@@ -141,7 +203,7 @@ def main():
         ref = {fixed: reference_rounds(coreset, rounds_grads, f, c, fixed=fixed, seed=a.seed)
                for fixed in (True, False)}
         t_ref = (time.perf_counter() - t) / 2
-        for label, dense_max in (("dense", 10 ** 9), ("graph", 0)):
+        for label, dense_max in (("kernel matrix kept", 10 ** 9), ("streamed", 0)):
             t = time.perf_counter()
             mine = gradscore_rounds(rounds_logits, f, a.seed, dense_max)
             t_mine = time.perf_counter() - t

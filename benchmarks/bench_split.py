@@ -29,7 +29,8 @@ sys.path.insert(0, HERE)
 import bench_score  # noqa: E402
 
 import gradscore  # noqa: E402
-from gradscore import api, pipeline, tasks  # noqa: E402
+from gradscore import api, tasks  # noqa: E402
+from gradscore.selection import epic as epic_mod  # noqa: E402
 from gradscore.io import partition  # noqa: E402
 import gradscore.neighbors as nb  # noqa: E402
 
@@ -39,13 +40,13 @@ WRAP = [
     ("read", api, ["read_epoch", "read_index", "spill_piece"]),
     ("read", partition, []),
     ("read", tasks, ["load_class"]),
-    ("gradients", pipeline, ["class_gradients", "_canonical_order"]),
-    ("neighbours", nb, ["pairwise_sqdist", "knn_from_sqdist", "kneighbors",
-                        "similarity_and_knn"]),
-    ("neighbours", pipeline, ["knn_density"]),
-    ("selection", pipeline, ["epic_from_similarity", "epic_sparse", "apply_cap",
-                             "drop_by_fraction",
-                             "drop_by_robust_threshold"]),
+    ("gradients", tasks, ["class_gradients", "canonical_order"]),
+    ("neighbours", nb, ["kneighbors", "similarity_and_knn"]),
+    ("neighbours", tasks, ["knn_density"]),
+    # EPIC's greedy (for classes that keep the kernel matrix, the pass that
+    # fills it, and the density score's k-NN read off it, count here).
+    ("selection", epic_mod, ["_epic_exact"]),
+    ("selection", tasks, ["apply_cap", "drop_by_fraction", "drop_by_robust_threshold"]),
     ("write", api, ["_write_keeplist_to", "_write_scores_to"]),
 ]
 
