@@ -8,11 +8,21 @@ Wall time covers the whole ``score_files`` call (partition, class tasks,
 gather, keep-list), not the cluster's start.
 
     python benchmarks/bench_dask.py --n 10000000 --classes 100 --shards 8 --write-docs
+
+``--cold`` instead measures what warming the first worker saves on workers
+that start with an empty numba cache (a fresh installation): a new
+2-worker cluster whose workers share a new, empty ``NUMBA_CACHE_DIR`` scores
+the export with and without :func:`gradscore.distributed.warm_up`, in
+alternation, ``--repeat`` times each.
+
+    python benchmarks/bench_dask.py --n 1000000 --classes 10 --shards 8 --cold --write-docs
 """
 
 import argparse
 import os
+import statistics
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,6 +53,49 @@ def timed(paths, out, **kw):
     return time.perf_counter() - t, load
 
 
+def cold(paths, a):
+    """Wall and CPU of score_files on cold workers, with and without warm-up."""
+    import distributed
+    import psutil
+
+    import gradscore.distributed as gd
+
+    out_dir = os.path.join(HERE, "out")
+    os.makedirs(out_dir, exist_ok=True)
+    walls = {True: [], False: []}
+    cpus = {True: [], False: []}
+    for _ in range(a.repeat):
+        for warm in (True, False):
+            gd.WARM_UP = warm
+            with tempfile.TemporaryDirectory() as cache, \
+                    distributed.LocalCluster(host="127.0.0.1", processes=True, n_workers=2,
+                                             threads_per_worker=1, dashboard_address=None,
+                                             worker_dashboard_address=None,
+                                             env={"NUMBA_CACHE_DIR": cache}) as lc, \
+                    distributed.Client(lc, set_as_default=False) as client:
+                client.wait_for_workers(2, timeout=120)
+                pids = list(client.run(os.getpid).values())
+                cpu0 = sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+                wall, _ = timed(paths, os.path.join(out_dir, "dask-cold.keep.txt"),
+                                client=client)
+                cpus[warm].append(sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+                                  - cpu0)
+                walls[warm].append(wall)
+            print(f"warm-up={warm}: {wall:.1f} s", file=sys.stderr)
+    gd.WARM_UP = True
+    lines = ["| first worker warmed | wall (median) | workers' CPU (median) | runs |",
+             "|---|---|---|---|"]
+    for warm in (True, False):
+        lines.append(f"| {'yes' if warm else 'no'} | {statistics.median(walls[warm]):.1f} s | "
+                     f"{statistics.median(cpus[warm]):.1f} s | "
+                     f"{', '.join(f'{w:.1f}' for w in walls[warm])} s |")
+    bench_score.publish(
+        f"Cold workers: a new 2-worker LocalCluster (1 thread each) whose workers share a "
+        f"new, empty NUMBA_CACHE_DIR, scoring {a.n:,} rows x {a.classes} classes in "
+        f"{a.shards} shards (default method).", lines, key="bench_dask_cold",
+        write=a.write_docs)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000_000)
@@ -51,11 +104,17 @@ def main():
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--cold", action="store_true",
+                    help="measure warm-up on cold workers instead (see the docstring)")
+    ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--write-docs", action="store_true")
     a = ap.parse_args()
     import distributed
 
     paths = ensure_shards(a.n, a.classes, a.features, a.dtype, a.shards)
+    if a.cold:
+        cold(paths, a)
+        return
     out_dir = os.path.join(HERE, "out")
     os.makedirs(out_dir, exist_ok=True)
     rows = []

@@ -145,9 +145,11 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
                              "run on a client or executor; use spill='auto'")
     own_pool = None
     blas = nullcontext()
+    warm = None
     if client is not None:
-        from .distributed import client_executor
+        from .distributed import client_executor, warm_up
         executor = client_executor(client)
+        warm = warm_up(client, method, gradient)
     elif executor is None:
         jobs = n_threads(n_jobs, 1 << 30)
         own_pool = executor = ThreadPoolExecutor(jobs)
@@ -166,7 +168,7 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
             with blas:
                 result, epoch = _score_spilled(
                     indexes, num_classes, params, prev_ids, previous, executor=executor,
-                    remote=client is not None, progress=progress,
+                    remote=client is not None, progress=progress, warm=warm,
                     spill_dir=spill_dir if spill_dir is not None
                     else os.path.dirname(os.path.abspath(output)))
     finally:
@@ -225,7 +227,7 @@ def _score_in_memory(paths, num_classes, params, prev_ids, previous, *, progress
 
 
 def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor, remote,
-                   progress, spill_dir):
+                   progress, spill_dir, warm=None):
     """Partition the export into a spill, score class by class, gather in class order."""
     method, gradient = params.get("method", "epic"), params.get("gradient", "logits")
     need_f = needs_features(method, gradient)
@@ -251,6 +253,9 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
         rows = [part.class_rows[c] for c in present]
         actives = [None if active is None else active[r] for r in rows]
         budgets = class_budgets(epoch.labels, active, params)
+        if warm is not None:
+            # One worker has compiled the kernels (and written numba's cache).
+            warm.result()
         outcomes = _in_order([
             executor.submit(score_spilled_class, part.class_slices(c), act,
                             None if budgets is None else int(budgets[c]), params)

@@ -11,10 +11,17 @@ thing that runs its tasks.
 
 Inputs and the spill folder must be on storage that every worker sees, at
 the same path (a shared filesystem): each worker opens the shards it is
-given itself.
+given itself. The client makes every path absolute before submitting.
+
+A worker meets gradscore's numba kernels the first time a class task runs;
+without numba's on-disk cache (a fresh installation) compiling them takes
+tens of seconds. :func:`warm_up` compiles them on one worker while the
+export is being spilled, so that workers sharing the installation (and its
+cache) load them instead of each compiling the same code.
 """
 
 import os
+import time
 
 from .errors import GradscoreError
 
@@ -91,3 +98,48 @@ def describe_client(client):
     except Exception:  # noqa: BLE001 - only decorates a message
         n = "?"
     return f"Dask cluster at {client.scheduler.address} ({n} workers)"
+
+
+#: Warm the first worker up before the class tasks (see :func:`warm_up`).
+WARM_UP = True
+
+
+def compile_kernels(method="epic", gradient="logits"):
+    """Run the per-class task once on a tiny class along every path that
+    ``method`` and ``gradient`` take, so that numba compiles its code now
+    (or loads it from its cache). Returns the seconds it took."""
+    import numpy as np
+
+    from .pipeline import check_params
+    from .tasks import CROSS_CLASS_METHODS, ClassData, score_class
+
+    if method in CROSS_CLASS_METHODS:
+        return 0.0  # their per-class task only reads votes
+    t = time.perf_counter()
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(64, 3)).astype(np.float32)
+    features = rng.normal(size=(64, 4)).astype(np.float32)
+    for dense_max in (0, 64):  # with and without the kernel matrix
+        params = check_params(num_classes=3, method=method, gradient=gradient, k=5,
+                              dense_max=dense_max)
+        score_class(ClassData(0, logits, features, n_medoids=12), params)
+    return time.perf_counter() - t
+
+
+def warm_up(client, method="epic", gradient="logits"):
+    """Start compiling the class task's kernels on one worker of ``client``.
+
+    Returns a future (of the seconds it took) to wait for before the class
+    tasks are submitted, or None when there is nothing to warm (done
+    before on this client, or no worker yet). Meanwhile the spill tasks run
+    on the other workers and threads.
+    """
+    if not WARM_UP:
+        return None
+    done = client.__dict__.setdefault("_gradscore_warm", set())
+    workers = sorted(client.scheduler_info().get("workers", {}))
+    if (method, gradient) in done or not workers:
+        return None
+    done.add((method, gradient))
+    return client.submit(compile_kernels, method, gradient, workers=workers[:1],
+                         allow_other_workers=True, pure=False, priority=10)
