@@ -30,7 +30,7 @@ from gradscore.gradients import class_gradients  # noqa: E402
 from gradscore.pipeline import check_params  # noqa: E402
 from gradscore.tasks import canonical_order as _canonical_order  # noqa: E402
 from gradscore.neighbors._dense import _similarity_and_knn, lower_gram  # noqa: E402
-from gradscore.selection.epic import _epic_exact  # noqa: E402
+from gradscore.selection.epic import epic_exact  # noqa: E402
 from gradscore.tasks import ClassData, score_class  # noqa: E402
 
 
@@ -92,7 +92,7 @@ def main():
         ("one pass: distances, k-NN, EPIC kernel (copy of the Gram included)",
          lambda: _similarity_and_knn(gram.copy(), sq, groups, 1e-3, *knn)),
         ("EPIC greedy and assignment, 256 medoids, on the kernel matrix",
-         lambda: _epic_exact(g, 256, 1, sim, 0, 0)),
+         lambda: epic_exact(g, n_medoids=256, cluster_threshold=1, sim=sim)),
     ]
     for name, func in [] if a.no_parts else parts:
         t = cpu(func, a.repeat)

@@ -43,9 +43,9 @@ WRAP = [
     ("gradients", tasks, ["class_gradients", "canonical_order"]),
     ("neighbours", nb, ["kneighbors", "similarity_and_knn"]),
     ("neighbours", tasks, ["knn_density"]),
-    # EPIC's greedy (for classes that keep the kernel matrix, the pass that
-    # fills it, and the density score's k-NN read off it, count here).
-    ("selection", epic_mod, ["_epic_exact"]),
+    # EPIC's greedy (and, for classes that keep the kernel matrix, the pass
+    # that fills it).
+    ("selection", epic_mod, ["epic_exact"]),
     ("selection", tasks, ["apply_cap", "drop_by_fraction", "drop_by_robust_threshold"]),
     ("write", api, ["_write_keeplist_to", "_write_scores_to"]),
 ]

@@ -100,7 +100,7 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         Label smoothing used in training; it changes the gradient's target.
     neighbors : str, default="auto"
         Neighbour backend (see :mod:`gradscore.neighbors`).
-    dense_max : int, default=5000
+    dense_max : int, default=6000
         EPIC keeps the n x n kernel matrix (8 n^2 bytes, faster) for
         classes up to this size and recomputes its values above it. The
         greedy is exact either way: this trades memory for speed, never

@@ -185,32 +185,32 @@ def _block_bounds(xt, nrm, explicit, n_blocks):
 
 
 @njit(cache=True, nogil=True)
-def _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work, knn_idx, knn_d2):
+def _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work, tile):
     """The n x n kernel matrix (the values every path computes), each pair
     computed once: the kernel is symmetric to the bit (see _sqdist_rows).
-    On the way, each row's ``k = knn_idx.shape[1]`` nearest other rows
-    (equal distances by row number), as the k-d tree would give them."""
+    Tile by tile (BLOCK x BLOCK), the mirrored half through ``tile``, so
+    that every write runs along a row."""
     n = sqn.shape[0]
-    k = knn_idx.shape[1]
-    thr = np.full(n, np.inf if k > 0 else -np.inf)
-    knn_d2[:] = np.inf
-    knn_idx[:] = -1
     for s2 in range(0, n, BLOCK):
         e2 = min(n, s2 + BLOCK)
-        for i in range(0, e2):
-            j0 = max(s2, i)
-            _kernel_rows(xt, at, ht, sqn, explicit, i, j0, e2, inv_dim, q, q2, kv, work)
-            sim[i, j0:e2] = kv[:e2 - j0]
-            for t in range(e2 - j0):
-                sim[j0 + t, i] = kv[t]
-            for t in range(e2 - j0):
-                j = j0 + t
-                v = q[t]
-                if j != i:
-                    if v <= thr[i]:
-                        insert_knn(knn_d2, knn_idx, thr, i, v, j)
-                    if v <= thr[j]:
-                        insert_knn(knn_d2, knn_idx, thr, j, v, i)
+        for s1 in range(0, s2 + 1, BLOCK):
+            e1 = min(n, s1 + BLOCK)
+            for i in range(s1, e1):
+                j0 = max(s2, i)
+                if j0 >= e2:
+                    continue
+                _kernel_rows(xt, at, ht, sqn, explicit, i, j0, e2, inv_dim, q, q2, kv, work)
+                m = e2 - j0
+                sim[i, j0:e2] = kv[:m]
+                for t in range(m):
+                    tile[j0 - s2 + t, i - s1] = kv[t]
+            if s1 != s2:
+                for r in range(e2 - s2):
+                    sim[s2 + r, s1:e1] = tile[r, :e1 - s1]
+            else:
+                for r in range(e2 - s2):
+                    for c in range(r):
+                        sim[s2 + r, s1 + c] = tile[r, c]
 
 
 @njit(cache=True, nogil=True)
@@ -387,7 +387,7 @@ def _refresh(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_co
 
 @njit(cache=True, nogil=True)
 def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, cached, sim,
-                            knn_idx, knn_d2):
+                            fill):
     """EPIC's greedy, exact, on rows in a spatially coherent order.
 
     Parameters
@@ -410,13 +410,13 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
     cached : bool
         Read kernel values from an n x n matrix (8 n^2 bytes) instead of
         computing them: faster for small classes.
-    sim : ndarray of shape (n, n) or (0, 0)
-        That matrix, in the rows' order; with ``cached`` and shape (0, 0)
-        it is made here, with the very numbers the kernels compute
-        otherwise (explicit gradients), so keeping it never changes a bit.
-    knn_idx, knn_d2 : ndarray of shape (n, k)
-        Filled with each row's k nearest other rows (positions, squared
-        distances) when the matrix is made here; k may be 0.
+    sim : ndarray of shape (n, n)
+        That matrix, in the rows' order (unused without ``cached``: shape
+        (0, 0) will do).
+    fill : bool
+        Fill ``sim`` here, with the very numbers the kernels compute
+        otherwise (explicit gradients), so that keeping it never changes a
+        bit.
 
     Returns
     -------
@@ -442,9 +442,8 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
     # given matrix need not hold the kernels' very bits); without it, blocks
     # a candidate cannot reach are skipped.
     prune = not cached
-    if cached and sim.shape[0] != n:
-        sim = np.empty((n, n))
-        _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work, knn_idx, knn_d2)
+    if cached and fill:
+        _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work, np.empty((BLOCK, BLOCK)))
     cov2 = np.full(n, np.inf)
     block_cov2 = np.full(n_blocks, np.inf)
     cur = np.zeros(n)

@@ -27,6 +27,7 @@ the medoid budget over classes as the authors do.
 """
 
 from dataclasses import dataclass
+import threading
 
 import numpy as np
 
@@ -36,11 +37,11 @@ from .. import neighbors as nb
 from ..gradients import DenseGradients
 from ..neighbors._exact import KDTREE_MAX_DIM
 
-#: Classes up to this size run EPIC on the dense kernel (exact reference
-#: semantics; n^2 * 8 bytes, 200 MB at 5,000); larger ones on the k-NN
-#: graph. 5,000 puts CIFAR-10's classes, the paper's main setting, on the
-#: exact path. See docs/method.md and docs/benchmarks.md.
-DENSE_MAX = 5000
+#: Classes up to this size keep EPIC's n x n kernel matrix (8 n^2 bytes:
+#: 275 MiB at 6,000, one per class scored at once) instead of recomputing
+#: its values; the decisions are the same either way (see epic_exact). 6,000
+#: keeps CIFAR-10's and MNIST's classes on the faster path.
+DENSE_MAX = 6000
 
 
 @dataclass
@@ -204,48 +205,44 @@ def epic_exact(grads, *, n_medoids, cluster_threshold, sim=None, cache_max=DENSE
     result : EpicResult
         ``mode`` is ``"exact"``.
     """
-    return _epic_exact(grads, n_medoids, cluster_threshold, sim, cache_max, 0)[0]
-
-
-def _epic_exact(grads, n_medoids, cluster_threshold, sim, cache_max, k):
-    """:func:`epic_exact`, and each row's ``k`` nearest others when the
-    kernel matrix is made here (else ``k`` is ignored and they are None)."""
     n = grads.n
     sqn = np.ascontiguousarray(grads.sqnorms(), dtype=np.float64)
     explicit = isinstance(grads, DenseGradients) and grads.dim <= KDTREE_MAX_DIM
+    fill = sim is None and explicit and n <= cache_max
     if sim is not None:
         # Rows stay in the caller's order; blocks are bounded by norms.
         order = np.arange(n, dtype=np.int64)
         explicit = False
         at, ht, xt = _factors_t(grads, order)
+        sim = np.ascontiguousarray(sim, dtype=np.float64)
     elif explicit:
         # A k-d tree's leaf order: consecutive rows are close together.
         order = kd_order(grads.values, _EXACT_BLOCK // 2)
-        xt, at, ht = np.ascontiguousarray(grads.values[order].T), np.zeros((0, n)), np.zeros((0, n))
+        xt = np.ascontiguousarray(grads.values[order].T)
+        at = ht = np.zeros((0, n))
+        sim = _kernel_matrix(n) if fill else np.zeros((0, 0))
     else:
         order = np.argsort(sqn, kind="stable")
         at, ht, xt = _factors_t(grads, order)
-    cached = sim is not None or (explicit and n <= cache_max)
-    k = k if cached and sim is None else 0
-    knn_idx = np.empty((n, k), dtype=np.int64)
-    knn_d2 = np.empty((n, k))
+        sim = np.zeros((0, 0))
     medoids, cluster = exact_facility_location(
-        xt, at, ht, sqn[order], explicit, int(n_medoids), 1.0 / grads.dim, order, cached,
-        np.zeros((0, 0)) if sim is None else np.ascontiguousarray(sim, dtype=np.float64),
-        knn_idx, knn_d2)
+        xt, at, ht, sqn[order], explicit, int(n_medoids), 1.0 / grads.dim, order,
+        sim.shape[0] == n, sim, fill)
     out = np.empty(n, dtype=np.int64)
     out[order] = cluster
-    res = _finish(order[medoids], out, cluster_threshold, "exact")
-    if k == 0:
-        return res, None, None
-    # Back to the caller's rows; equal distances by row number, as the k-d
-    # tree orders them.
-    idx = np.empty_like(knn_idx)
-    d2 = np.empty_like(knn_d2)
-    idx[order] = order[knn_idx]
-    d2[order] = knn_d2
-    srt = np.lexsort((idx, d2), axis=1)
-    return res, np.take_along_axis(idx, srt, axis=1), np.take_along_axis(d2, srt, axis=1)
+    return _finish(order[medoids], out, cluster_threshold, "exact")
+
+
+#: Each thread's room for a kernel matrix, kept from class to class (a new
+#: 200 MB matrix for every class pays its page faults every time).
+_SCRATCH = threading.local()
+
+
+def _kernel_matrix(n):
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < n * n:
+        buf = _SCRATCH.buf = np.empty(n * n)
+    return buf[:n * n].reshape(n, n)
 
 
 def _factors_t(grads, order):
@@ -260,9 +257,7 @@ def epic_class(grads, *, n_medoids, cluster_threshold, k, neighbors="auto",
 
     The greedy is exact at every class size (:func:`epic_exact`); ``dense_max``
     only decides whether the n x n kernel matrix is kept (faster, 8 n^2
-    bytes) or its values recomputed. Where the matrix is kept, the density
-    score's neighbours come from the same pass unless ``neighbors`` names
-    a backend.
+    bytes) or its values recomputed.
 
     Parameters
     ----------
@@ -284,13 +279,13 @@ def epic_class(grads, *, n_medoids, cluster_threshold, k, neighbors="auto",
     knn_d2 : ndarray of shape (n, k)
         Squared distances of each row's k nearest other rows.
     used : str
-        The neighbour backend that ran (``"dense"``: read off the kernel
-        matrix's pass).
+        The neighbour backend that ran (``"dense"``: read off the pass that
+        made the kernel matrix of wide gradients).
     """
     sim = knn_d2 = None
-    small = grads.n <= dense_max
-    explicit = isinstance(grads, DenseGradients) and grads.dim <= KDTREE_MAX_DIM
-    if small and not explicit:
+    used = "dense"
+    if grads.n <= dense_max and not (isinstance(grads, DenseGradients)
+                                     and grads.dim <= KDTREE_MAX_DIM):
         # Wide gradients: the matrix from one BLAS Gram matrix (much faster
         # than row by row), with the density score's k-NN on the way unless
         # another backend is asked for.
@@ -298,11 +293,9 @@ def epic_class(grads, *, n_medoids, cluster_threshold, k, neighbors="auto",
         sim, _, knn_d2 = nb.similarity_and_knn(grads, k if brute else 0, 1.0 / grads.dim)
         if not brute:
             knn_d2 = None
-    res, _, d2 = _epic_exact(grads, n_medoids, cluster_threshold, sim, dense_max,
-                             k if small and explicit and neighbors == "auto" else 0)
-    if d2 is not None:
-        knn_d2 = d2
-    if knn_d2 is not None:
-        return res, knn_d2, "dense"
-    _, knn_d2, used = nb.kneighbors(grads, k, backend=neighbors, random_state=random_state)
+    if knn_d2 is None:
+        _, knn_d2, used = nb.kneighbors(grads, k, backend=neighbors,
+                                        random_state=random_state)
+    res = epic_exact(grads, n_medoids=n_medoids, cluster_threshold=cluster_threshold,
+                     sim=sim, cache_max=dense_max)
     return res, knn_d2, used
