@@ -298,14 +298,21 @@ def _gain(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov2,
 
 
 @njit(cache=True, nogil=True)
-def _accept(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, prune, cov2, block_cov2, cur,
-            inv_dim, j, pos, cluster, q, q2, kv, work):
+def _accept(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov2, cur, inv_dim,
+            j, pos, cluster, q, q2, kv, work):
     """Make j the medoid number ``pos``: the rows more similar to it than to
-    their medoid join it (ties stay with the earlier medoid). Without
-    ``prune`` the blocks' largest distances stay infinite (nothing is
-    skipped) and no distance is computed."""
-    box_lo, box_hi, norm_lo, norm_hi = bounds
+    their medoid join it (ties stay with the earlier medoid). With the
+    kernel matrix, j's row is scanned whole and no distance is kept (the
+    blocks' largest distances stay infinite: nothing is ever skipped)."""
     n = cov2.shape[0]
+    if cached:
+        row = sim[j]
+        for i in range(n):
+            if row[i] > cur[i]:
+                cur[i] = row[i]
+                cluster[i] = pos
+        return
+    box_lo, box_hi, norm_lo, norm_hi = bounds
     for b in range(block_cov2.shape[0]):
         lim = block_cov2[b]
         if lim <= 0.0:
@@ -314,22 +321,13 @@ def _accept(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, prune, cov2, bl
             continue
         s = b * BLOCK
         e = min(n, s + BLOCK)
-        kj = _candidate_block(xt, at, ht, sqn, explicit, sim, cached, inv_dim, j, s, e, q, q2,
-                              kv, work)
-        if not prune:
-            for t in range(e - s):
-                if kj[t] > cur[s + t]:
-                    cur[s + t] = kj[t]
-                    cluster[s + t] = pos
-            continue
-        if cached:
-            _sqdist_rows(xt, at, ht, sqn, explicit, j, s, e, q, q2)
+        _kernel_rows(xt, at, ht, sqn, explicit, j, s, e, inv_dim, q, q2, kv, work)
         top = 0.0
         for t in range(e - s):
             i = s + t
-            if kj[t] > cur[i]:
+            if kv[t] > cur[i]:
                 cov2[i] = q[t]
-                cur[i] = kj[t]
+                cur[i] = kv[t]
                 cluster[i] = pos
             if cov2[i] > top:
                 top = cov2[i]
@@ -441,7 +439,6 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
     # With the matrix, whole rows are scanned (no distance is compared, so a
     # given matrix need not hold the kernels' very bits); without it, blocks
     # a candidate cannot reach are skipped.
-    prune = not cached
     if cached and fill:
         _fill(xt, at, ht, sqn, explicit, inv_dim, sim, q, q2, kv, work, np.empty((BLOCK, BLOCK)))
     cov2 = np.full(n, np.inf)
@@ -476,8 +473,8 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
         if stamp[j] == picked:
             medoids[picked] = j
             is_medoid[j] = True
-            _accept(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, prune, cov2,
-                    block_cov2, cur, inv_dim, j, picked, cluster, q, q2, kv, work)
+            _accept(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov2, cur,
+                    inv_dim, j, picked, cluster, q, q2, kv, work)
             picked += 1
             evals = 0
             continue
