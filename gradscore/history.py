@@ -98,7 +98,140 @@ class History:
                                  f"scored has {n}")
 
 
-def history_from_arrays(labels, past, *, ids=None):
+@dataclass
+class PastExport:
+    """One earlier export reduced to what a history keeps: per row, its id,
+    label, own-label margin and loss (rows sorted by id).
+
+    Build it with :func:`reduce_export`; :func:`align` matches several of them
+    to the rows being scored.
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    margin: np.ndarray
+    loss: np.ndarray
+    num_classes: int
+    epoch: int = None
+    source: str = "(in memory)"
+
+
+def reduce_export(labels, logits, *, ids=None, epoch=None, source="(in memory)"):
+    """An export's labels and logits reduced to a :class:`PastExport`.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n,)
+    logits : array-like of shape (n, n_classes)
+    ids : array-like of shape (n,), default=None
+        Int or str ids; default ``0..n-1``.
+    epoch : int, default=None
+    source : str, default="(in memory)"
+        Where it came from, for error messages.
+    """
+    labels = check_labels(labels, where=f"{source}: labels")
+    logits = check_float_matrix(logits, "classes", n_rows=labels.size,
+                                where=f"{source}: logits")
+    if labels.size and labels.max() >= logits.shape[1]:
+        raise GradscoreError(f"{source}: labels must be in [0, {logits.shape[1]}); got "
+                             f"{int(labels.max())}")
+    ids = np.arange(labels.size) if ids is None else np.asarray(ids)
+    if ids.shape != labels.shape:
+        raise GradscoreError(f"{source}: ids has {ids.size} rows but labels has {labels.size}")
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    if ids.size > 1 and np.any(ids[1:] == ids[:-1]):
+        dup = ids[1:][ids[1:] == ids[:-1]]
+        raise GradscoreError(f"{source}: ids must be unique; {_show(dup)} repeat")
+    labels = labels[order]
+    logits = logits[order]
+    return PastExport(ids, labels, own_margin(labels, logits).astype(np.float32),
+                      label_loss(labels, logits).astype(np.float32), int(logits.shape[1]),
+                      None if epoch is None else int(epoch), source)
+
+
+def align(pasts, *, ids, labels, epoch=None):
+    """Match earlier exports to the rows being scored, by id.
+
+    Parameters
+    ----------
+    pasts : list of PastExport
+        Oldest (the reference) first.
+    ids : ndarray of shape (n,)
+        Ids of the rows being scored, in their order.
+    labels : ndarray of shape (n,)
+    epoch : int, default=None
+        The scored export's epoch; an earlier export at this epoch or later
+        is refused.
+
+    Returns
+    -------
+    history : History
+
+    Raises
+    ------
+    GradscoreError
+        For ids of another kind, an id of the scored rows the reference
+        lacks, an id a later export holds that the reference lacks, a label
+        that differs for the same id, or an epoch not before the scored one.
+    """
+    if not pasts:
+        raise GradscoreError("history: no earlier export given")
+    ids = np.asarray(ids)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = labels.size
+    margin = np.full((len(pasts), n), np.nan, dtype=np.float32)
+    loss = np.full((len(pasts), n), np.nan, dtype=np.float32)
+    ref = pasts[0]
+    for i, past in enumerate(pasts):
+        where = f"history {'reference' if i == 0 else 'export'} {past.source}"
+        if epoch is not None and past.epoch is not None and past.epoch >= epoch:
+            raise GradscoreError(f"{where} is epoch {past.epoch}, not before the epoch "
+                                 f"scored ({epoch}); history exports must come earlier")
+        if (ids.dtype.kind in "iu") != (past.ids.dtype.kind in "iu"):
+            kind = "integer" if past.ids.dtype.kind in "iu" else "string"
+            mine = "integer" if ids.dtype.kind in "iu" else "string"
+            raise GradscoreError(f"{where} has {kind} ids but the export scored has "
+                                 f"{mine} ids")
+        if i > 0:
+            foreign = ~_member(past.ids, ref.ids)
+            if foreign.any():
+                raise GradscoreError(
+                    f"{where} holds {int(foreign.sum())} id(s) that the reference lacks "
+                    f"(first: {_show(past.ids[foreign])}); every export of the history "
+                    "must come from the same training set as the reference")
+        pos = np.searchsorted(past.ids, ids)
+        pos_c = np.minimum(pos, max(past.ids.size - 1, 0))
+        found = (pos < past.ids.size) & (past.ids[pos_c] == ids) if past.ids.size \
+            else np.zeros(n, dtype=bool)
+        if i == 0 and not found.all():
+            missing = ids[~found]
+            raise GradscoreError(
+                f"{where} lacks {missing.size} id(s) of the export scored (first: "
+                f"{_show(missing)}); the reference must hold every example, such as an "
+                "export of the model before training on this data")
+        rows = pos_c[found]
+        bad = past.labels[rows] != labels[found]
+        if bad.any():
+            first = np.flatnonzero(found)[np.flatnonzero(bad)]
+            raise GradscoreError(
+                f"{where} gives {int(bad.sum())} id(s) another label than the export "
+                f"scored (first: id {_show(ids[first][:1])}: "
+                f"{int(past.labels[rows][bad][0])} there, {int(labels[first[0]])} here); "
+                "the exports are not of the same data")
+        margin[i, found] = past.margin[rows]
+        loss[i, found] = past.loss[rows]
+    return History(margin, loss, [p.epoch for p in pasts], [p.source for p in pasts])
+
+
+def _member(values, sorted_ids):
+    pos = np.searchsorted(sorted_ids, values)
+    pos_c = np.minimum(pos, max(sorted_ids.size - 1, 0))
+    return (pos < sorted_ids.size) & (sorted_ids[pos_c] == values) if sorted_ids.size \
+        else np.zeros(values.size, dtype=bool)
+
+
+def history_from_arrays(labels, past, *, ids=None, epoch=None):
     """A :class:`History` from earlier exports held in memory.
 
     Parameters
@@ -106,48 +239,42 @@ def history_from_arrays(labels, past, *, ids=None):
     labels : array-like of shape (n_samples,)
         Labels of the rows to be scored.
     past : list of tuples ``(labels, logits)`` or ``(labels, logits, ids)``
-        Earlier exports, oldest (the reference) first. Without ids, an
-        export must have the scored rows in the same order (and as many).
+        Earlier exports, oldest (the reference) first. Without ids, rows
+        are numbered ``0..n-1`` (the same rows in the same order as the
+        rows scored, when those have no ids either).
     ids : array-like of shape (n_samples,), default=None
-        Ids of the rows to be scored; needed when an earlier export gives ids.
+        Ids of the rows to be scored; default ``0..n_samples-1``.
+    epoch : int, default=None
 
     Returns
     -------
     history : History
     """
     labels = check_labels(labels)
-    n = labels.size
-    ids = None if ids is None else np.asarray(ids)
-    margins, losses = [], []
+    ids = np.arange(labels.size) if ids is None else np.asarray(ids)
+    pasts = []
     for i, item in enumerate(past):
-        where = "the reference" if i == 0 else f"history export {i}"
-        if len(item) == 2:
-            lab, lg = item
-            pid = None
-        elif len(item) == 3:
-            lab, lg, pid = item
-        else:
-            raise GradscoreError(f"{where}: give (labels, logits) or (labels, logits, ids); "
-                                 f"got a tuple of {len(item)}")
-        lab = check_labels(lab, where=f"{where}: labels")
-        lg = check_float_matrix(lg, "classes", n_rows=lab.size, where=f"{where}: logits")
-        if pid is None:
-            if lab.size != n:
-                raise GradscoreError(f"{where} has {lab.size} rows but the export scored has "
-                                     f"{n}; give ids to match rows")
-            pid = np.arange(n) if ids is None else ids
-        elif ids is None:
-            raise GradscoreError(f"{where} gives ids but the rows scored have none")
-        m, l_ = _scalars_on(ids if ids is not None else np.arange(n), labels, np.asarray(pid),
-                            lab, lg, where=where, reference=i == 0,
-                            ref_ids=None if i == 0 else first_ids)
-        if i == 0:
-            first_ids = np.asarray(pid)
-        margins.append(m)
-        losses.append(l_)
-    return History(np.array(margins, dtype=np.float32).reshape(len(past), n),
-                   np.array(losses, dtype=np.float32).reshape(len(past), n),
-                   [None] * len(past), ["<memory>"] * len(past))
+        where = "(in memory)" if i == 0 else f"(in memory, item {i})"
+        if len(item) not in (2, 3):
+            raise GradscoreError(f"history item {i}: give (labels, logits) or (labels, "
+                                 f"logits, ids); got a tuple of {len(item)}")
+        pasts.append(reduce_export(item[0], item[1], ids=item[2] if len(item) == 3 else None,
+                                   source=where))
+    return align(pasts, ids=ids, labels=labels, epoch=epoch)
+
+
+def read_past(path, *, max_memory=None):
+    """Read one earlier export (a file, or its shards) into a :class:`PastExport`.
+
+    The export is read and validated by :func:`gradscore.read_epoch`
+    (features are not kept) and reduced to two numbers per row.
+    """
+    from .io import read_epoch
+    files = [os.fspath(path)] if isinstance(path, (str, os.PathLike)) \
+        else [os.fspath(p) for p in path]
+    ep = read_epoch(files, need_features=False, max_memory=max_memory)
+    return reduce_export(ep.labels, ep.logits, ids=ep.ids, epoch=ep.epoch,
+                         source=", ".join(files))
 
 
 def read_history(paths, *, ids, labels, num_classes, epoch=None, max_memory=None):
@@ -157,9 +284,8 @@ def read_history(paths, *, ids, labels, num_classes, epoch=None, max_memory=None
     ----------
     paths : list of (str or path-like, or list of them)
         Earlier exports, oldest (the reference) first; an item may be the
-        shards of one export. Each is read and validated by
-        :func:`gradscore.read_epoch` (features are not kept), reduced to
-        two numbers per row and released before the next is read.
+        shards of one export. Each is read, validated and reduced to two
+        numbers per row (:func:`read_past`) before the next is read.
     ids : ndarray of shape (n_samples,)
         Ids of the export being scored (its rows, in its order).
     labels : ndarray of shape (n_samples,)
@@ -178,86 +304,22 @@ def read_history(paths, *, ids, labels, num_classes, epoch=None, max_memory=None
     Raises
     ------
     GradscoreError
-        For a file that cannot be read, a different number of classes,
-        ids of a different kind, an id of the scored export the reference
-        lacks, an id a later export holds but the reference does not, a
-        label that differs for the same id, or an epoch not before the
-        scored one.
+        For a file that cannot be read, a different number of classes, and
+        every mismatch :func:`align` refuses.
     """
-    from .io import read_epoch
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
         raise GradscoreError("history: no earlier export given")
-    ids = np.asarray(ids)
-    labels = np.asarray(labels, dtype=np.int64)
-    n = labels.size
-    margin = np.full((len(paths), n), np.nan, dtype=np.float32)
-    loss = np.full((len(paths), n), np.nan, dtype=np.float32)
-    epochs, sources = [], []
-    ref_ids = None
+    pasts = []
     for i, item in enumerate(paths):
-        files = [os.fspath(item)] if isinstance(item, (str, os.PathLike)) \
-            else [os.fspath(p) for p in item]
-        name = ", ".join(files)
-        where = f"history {'reference ' if i == 0 else ''}{name}"
-        past = read_epoch(files, need_features=False, max_memory=max_memory)
+        past = read_past(item, max_memory=max_memory)
         if past.num_classes != num_classes:
-            raise GradscoreError(f"{where} has {past.num_classes} classes but the export "
-                                 f"scored has {num_classes}")
-        if epoch is not None and past.epoch is not None and past.epoch >= epoch:
-            raise GradscoreError(f"{where} is epoch {past.epoch}, not before the epoch "
-                                 f"scored ({epoch}); history exports must come earlier")
-        margin[i], loss[i] = _scalars_on(ids, labels, past.ids, past.labels, past.logits,
-                                         where=where, reference=i == 0, ref_ids=ref_ids)
-        if i == 0:
-            ref_ids = past.ids
-        epochs.append(None if past.epoch is None else int(past.epoch))
-        sources.append(name)
-        del past
-    return History(margin, loss, epochs, sources)
-
-
-def _scalars_on(ids, labels, past_ids, past_labels, past_logits, *, where, reference,
-                ref_ids):
-    """One earlier export's margin and loss on the rows ``ids`` (NaN where absent)."""
-    if (ids.dtype.kind in "iu") != (past_ids.dtype.kind in "iu"):
-        kind = "integer" if past_ids.dtype.kind in "iu" else "string"
-        mine = "integer" if ids.dtype.kind in "iu" else "string"
-        raise GradscoreError(f"{where} has {kind} ids but the export scored has {mine} ids")
-    if ref_ids is not None:
-        foreign = ~np.isin(past_ids, ref_ids)
-        if foreign.any():
-            raise GradscoreError(
-                f"{where} holds {int(foreign.sum())} id(s) that the reference lacks (first: "
-                f"{_show(past_ids[foreign])}); every export of the history must come from "
-                "the same training set as the reference")
-    order = np.argsort(past_ids, kind="stable")
-    sorted_ids = past_ids[order]
-    pos = np.searchsorted(sorted_ids, ids)
-    pos_c = np.minimum(pos, max(sorted_ids.size - 1, 0))
-    found = (pos < sorted_ids.size) & (sorted_ids[pos_c] == ids) if sorted_ids.size \
-        else np.zeros(ids.size, dtype=bool)
-    if reference and not found.all():
-        missing = ids[~found]
-        raise GradscoreError(
-            f"{where} lacks {missing.size} id(s) of the export scored (first: "
-            f"{_show(missing)}); the reference must hold every example, such as an "
-            "export of the model before training on this data")
-    rows = order[pos_c[found]]
-    bad = past_labels[rows] != labels[found]
-    if bad.any():
-        first = np.flatnonzero(found)[np.flatnonzero(bad)]
-        raise GradscoreError(
-            f"{where} gives {int(bad.sum())} id(s) another label than the export scored "
-            f"(first: id {_show(ids[first][:1])}: {int(past_labels[rows][bad][0])} there, "
-            f"{int(labels[first[0]])} here); the exports are not of the same data")
-    margin = np.full(ids.size, np.nan)
-    loss = np.full(ids.size, np.nan)
-    lab = labels[found]
-    margin[found] = own_margin(lab, past_logits[rows])
-    loss[found] = label_loss(lab, past_logits[rows])
-    return margin, loss
+            raise GradscoreError(f"history {'reference' if i == 0 else 'export'} {past.source} has "
+                                 f"{past.num_classes} classes but the export scored has "
+                                 f"{num_classes}")
+        pasts.append(past)
+    return align(pasts, ids=ids, labels=labels, epoch=epoch)
 
 
 def _show(values):

@@ -136,9 +136,14 @@ def evaluate(model, splits, target, device):
     """
     pred = M.predict(model, splits.x_test, device)
     acc = float(np.mean(pred == splits.y_test))
-    tp = M.predict(model, target["x"], device)
-    success = float(np.mean(tp == target["adv"]))
-    return acc, success
+    logits = M.outputs(model, target["x"], device)[1].astype(np.float64)
+    success = float(np.mean(logits.argmax(1) == target["adv"]))
+    # How far from success: the adversarial class's logit minus the largest other
+    # (positive = success), the median over the target inputs.
+    other = logits.copy()
+    other[:, target["adv"]] = -np.inf
+    margin = float(np.median(logits[:, target["adv"]] - other.max(1)))
+    return acc, success, margin
 
 
 def _scores_kwargs(params, seed):
@@ -210,9 +215,10 @@ def run_target(pretrained, splits, xp, yp, poison_idx, target, cfg, defences, *,
     results = []
 
     def record(defence, model, keep, t_def, t_total):
-        acc, success = evaluate(model, splits, target, device)
+        acc, success, margin = evaluate(model, splits, target, device)
         dropped = ~keep
         r = dict(defence=defence.name, paper=defence.paper, clean_acc=acc, success=success,
+                 adv_margin=margin,
                  poison_recall=float(dropped[is_poison].mean()) if is_poison.any() else float("nan"),
                  clean_dropped=float(dropped[~is_poison].mean()),
                  n_poisons=int(is_poison.sum()), n_dropped=int(dropped.sum()),
