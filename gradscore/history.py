@@ -282,10 +282,11 @@ def read_history(paths, *, ids, labels, num_classes, epoch=None, max_memory=None
 
     Parameters
     ----------
-    paths : list of (str or path-like, or list of them)
+    paths : list of (str or path-like, or list of them, or PastExport)
         Earlier exports, oldest (the reference) first; an item may be the
-        shards of one export. Each is read, validated and reduced to two
-        numbers per row (:func:`read_past`) before the next is read.
+        shards of one export, or one already reduced. Each is read,
+        validated and reduced to two numbers per row (:func:`read_past`)
+        before the next is read.
     ids : ndarray of shape (n_samples,)
         Ids of the export being scored (its rows, in its order).
     labels : ndarray of shape (n_samples,)
@@ -313,7 +314,7 @@ def read_history(paths, *, ids, labels, num_classes, epoch=None, max_memory=None
         raise GradscoreError("history: no earlier export given")
     pasts = []
     for i, item in enumerate(paths):
-        past = read_past(item, max_memory=max_memory)
+        past = item if isinstance(item, PastExport) else read_past(item, max_memory=max_memory)
         if past.num_classes != num_classes:
             raise GradscoreError(f"history {'reference' if i == 0 else 'export'} {past.source} has "
                                  f"{past.num_classes} classes but the export scored has "
