@@ -18,6 +18,24 @@ def _fail(message):
     sys.exit(1)
 
 
+class _ManyValues(click.Option):
+    """An option that takes every value up to the next option, as well as
+    repeated: ``--history a.h5 b.h5`` and ``--history a.h5 --history b.h5``."""
+
+    def add_to_parser(self, parser, ctx):
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+            take = opt.process
+
+            def process(value, state, take=take):
+                take(value, state)
+                while state.rargs and not state.rargs[0].startswith("-"):
+                    take(state.rargs.pop(0), state)
+
+            opt.process = process
+
+
 class _Errors:
     """Turn library errors into ``Error: ...`` and exit 1 (no traceback)."""
 

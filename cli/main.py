@@ -9,7 +9,7 @@ from gradscore import neighbors as nb
 from gradscore.gradients import GRADIENTS
 from gradscore.pipeline import CUMULATIVE_RULES, DENSE_MAX, METHODS
 
-from ._common import _Errors, _show_warnings
+from ._common import _Errors, _ManyValues, _show_warnings
 from .onnx_commands import register as _register_onnx
 from .report_commands import register as _register_report
 
@@ -41,7 +41,9 @@ def main():
                    "score (higher = denser), cluster_size, decision.")
 @click.option("--method", type=click.Choice(METHODS), default="epic", show_default=True,
               help="epic: drop examples left in tiny facility-location clusters "
-                   "(the paper's rule). knn-density: drop the least dense.")
+                   "(the paper's rule). knn-density: drop the least dense. trajectory: "
+                   "groups, plus the groups training pulled far towards their label "
+                   "(needs --history).")
 @click.option("--gradient", type=click.Choice(GRADIENTS), default="logits", show_default=True,
               help="logits: softmax(z) - onehot(y). last-layer: the full final-layer "
                    "weight and bias gradient (needs 'features').")
@@ -72,6 +74,11 @@ def main():
                    "memory only: the decisions are the same.")
 @click.option("--previous", type=click.Path(dir_okay=False),
               help="Keep-list of an earlier round: drops are cumulative.")
+@click.option("--history", cls=_ManyValues, multiple=True, type=click.Path(dir_okay=False),
+              metavar="REF.h5 [MORE.h5 ...]",
+              help="For --method trajectory: earlier exports of the run, the reference "
+                   "(the model before training, epoch 0) first; rows matched by id. Put "
+                   "it after FILES (it takes every name up to the next option).")
 @click.option("--cumulative", type=click.Choice(CUMULATIVE_RULES), default="intersect",
               show_default=True,
               help="With --previous. intersect (the paper's rule): score every example, "
@@ -108,7 +115,8 @@ def main():
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings or summary.")
 def score(files, output, scores_path, method, gradient, fraction, cluster_threshold, k,
           drop_fraction, z_threshold, max_drop_fraction, max_total_drop_fraction,
-          label_smoothing, neighbors, dense_max, previous, cumulative, seed, jobs, max_memory,
+          label_smoothing, neighbors, dense_max, previous, history, cumulative, seed, jobs,
+          max_memory,
           spill, spill_dir, scheduler, scheduler_file, connect_timeout, as_json, quiet):
     """Score one epoch's export FILES (or its shards) and write a keep-list.
 
@@ -117,6 +125,7 @@ def score(files, output, scores_path, method, gradient, fraction, cluster_thresh
       gradscore score epoch_05.h5
       gradscore score shard-*.h5 -o epoch_05.keep.json --scores scores.csv
       gradscore score epoch_10.h5 --previous epoch_05.keep.txt
+      gradscore score epoch_10.h5 --method trajectory --history epoch_00.h5
       gradscore score epoch_05.h5 --method knn-density --drop-fraction 0.05 --json
       gradscore score /shared/shard-*.h5 --scheduler tcp://10.0.0.5:8786
     """
@@ -130,6 +139,7 @@ def score(files, output, scores_path, method, gradient, fraction, cluster_thresh
         try:
             result, epoch, out = gradscore.score_files(
                 list(files), output=output, scores_path=scores_path, previous=previous,
+                history=list(history) or None,
                 progress=not quiet, spill=spill, spill_dir=spill_dir, client=client,
                 method=method, gradient=gradient, fraction=fraction,
                 cluster_threshold=cluster_threshold, k=k, drop_fraction=drop_fraction,

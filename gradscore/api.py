@@ -17,6 +17,7 @@ import numpy as np
 from ._validation import check_choice
 from ._version import __version__
 from .errors import GradscoreError
+from .history import read_history
 from .io import read_epoch
 from .io._atomic import atomic_path
 from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplist_to,
@@ -24,8 +25,8 @@ from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplis
 from .io.partition import (create_spill_files, join_indexes, read_index, spill_piece,
                            spill_pieces)
 from ._threads import n_threads, one_blas_thread_each
-from .pipeline import (_score, check_features_given, check_n_jobs, check_params, class_budgets,
-                       needs_features)
+from .pipeline import (_score, check_features_given, check_history, check_n_jobs,
+                       check_params, class_budgets, needs_features)
 from .tasks import gather, score_spilled_class
 
 SPILL_CHOICES = ("auto", "always", "never")
@@ -54,7 +55,7 @@ def sha256_file(path, chunk=1 << 22):
             h.update(b)
 
 
-def score_files(paths, *, output=None, scores_path=None, previous=None,
+def score_files(paths, *, output=None, scores_path=None, previous=None, history=None,
                 progress=False, max_memory=None, spill="auto", spill_dir=None, client=None,
                 executor=None, **params):
     """Score export file(s) and write the keep-list, atomically.
@@ -74,6 +75,11 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         example is still scored and clustered, and an example is kept only if
         this round keeps it too; under ``"survivors"`` only the examples it
         keeps are scored. Every id in it must be in the export.
+    history : list of (str or path-like, or list of them), default=None
+        For ``method="trajectory"``: earlier exports of the run, the
+        reference (the model before training on this data: an export at
+        epoch 0) first. Each is reduced to its rows' margins and losses,
+        matched by id (:func:`gradscore.history.read_history`).
     progress : bool, default=False
     max_memory : int or str, default=None
         Bytes the in-memory read of the export may hold (``'4G'``,
@@ -136,10 +142,13 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
     prev_ids = read_keeplist(previous) if previous is not None else None
     method, gradient = params.get("method", "epic"), params.get("gradient", "logits")
     remote = client is not None or executor is not None
-    if method == "deep-knn" and (remote or spill == "always"):
-        raise GradscoreError("method='deep-knn' compares examples across classes, so it "
+    if method in ("deep-knn", "trajectory") and (remote or spill == "always"):
+        raise GradscoreError(f"method={method!r} compares examples across classes, so it "
                              "cannot run class by class (spill, client or executor); "
                              "run it in memory on one machine")
+    check_history(method, history)
+    if isinstance(history, (str, os.PathLike)):
+        history = [history]
     if remote and spill == "never":
         raise GradscoreError("spill='never' holds the export in this process, so it cannot "
                              "run on a client or executor; use spill='auto'")
@@ -155,7 +164,7 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         own_pool = executor = ThreadPoolExecutor(jobs)
         blas = one_blas_thread_each(jobs)
     try:
-        if method == "deep-knn":
+        if method in ("deep-knn", "trajectory"):
             indexes = None
         else:
             indexes = _map(executor, partial(read_index, max_memory=max_memory), paths,
@@ -163,7 +172,7 @@ def score_files(paths, *, output=None, scores_path=None, previous=None,
         if indexes is None or not _should_spill(spill, remote, indexes, method, gradient):
             result, epoch = _score_in_memory(paths, num_classes, params, prev_ids, previous,
                                              progress=progress, n_jobs=n_jobs,
-                                             max_memory=max_memory)
+                                             max_memory=max_memory, history=history)
         else:
             with blas:
                 result, epoch = _score_spilled(
@@ -212,7 +221,7 @@ def _active(epoch, prev_ids, previous):
 
 
 def _score_in_memory(paths, num_classes, params, prev_ids, previous, *, progress, n_jobs,
-                     max_memory=None):
+                     max_memory=None, history=None):
     """Read the whole export into memory and score it with local threads."""
     method, gradient = params.get("method", "epic"), params.get("gradient", "logits")
     epoch = read_epoch(paths, need_features=needs_features(method, gradient),
@@ -220,9 +229,13 @@ def _score_in_memory(paths, num_classes, params, prev_ids, previous, *, progress
     check_features_given(method, gradient, epoch.features)
     _check_classes(num_classes, epoch)
     params = check_params(num_classes=epoch.num_classes, **params)
+    if history is not None:
+        history = read_history(history, ids=epoch.ids, labels=epoch.labels,
+                               num_classes=epoch.num_classes, epoch=epoch.epoch,
+                               max_memory=max_memory)
     result = _score(epoch.labels, epoch.logits, epoch.features, params,
-                    active=_active(epoch, prev_ids, previous), progress=progress,
-                    n_jobs=n_jobs)
+                    active=_active(epoch, prev_ids, previous), history=history,
+                    progress=progress, n_jobs=n_jobs)
     return result, epoch
 
 

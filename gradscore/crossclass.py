@@ -14,14 +14,18 @@ read -> cross-class votes -> per-class task -> gather.
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+import warnings
 
 import numpy as np
 
 from . import neighbors as nb
 from ._threads import n_threads, one_blas_thread_each
+from .errors import GradscoreWarning
 from .gradients import DenseGradients
+from .history import margin_gain
 from .selection.feature_space import deep_knn_agreement
 from .selection.groups import foreign_groups, tree_edges
+from .selection.trajectory import trajectory_drop
 from .tasks import canonical_order
 
 
@@ -56,8 +60,8 @@ class CrossClassVotes:
                                self.neighbors)
 
 
-def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None):
-    """Deep k-NN's (and ``groups``') votes over every class, in memory.
+def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None, history=None):
+    """Deep k-NN's (and ``groups``' and ``trajectory``'s) votes over every class, in memory.
 
     Parameters
     ----------
@@ -69,9 +73,14 @@ def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None):
         rule, the rows still kept under ``"survivors"``).
     params : dict
         From :func:`gradscore.pipeline.check_params`; ``method`` is
-        ``"deep-knn"`` or ``"groups"``.
+        ``"deep-knn"``, ``"groups"`` or ``"trajectory"``.
     n_jobs : int, default=None
         Threads for the per-class trees of ``groups``.
+    history : History, default=None
+        For ``trajectory``: the rows' margins in earlier exports
+        (:mod:`gradscore.history`). Members of groups its rule drops get
+        minus their lift (in gain spreads) as agreement, below every
+        other row's.
 
     Returns
     -------
@@ -88,28 +97,44 @@ def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None):
         return CrossClassVotes(agreement, drop, max(k_all, 0), "none")
     idx, _, used = nb.kneighbors(DenseGradients(features[act]), k_all, backend=neighbors,
                                  random_state=random_state)
-    group_drop = share = None
-    if params["method"] == "groups":
-        group_drop, share = _foreign_groups(
-            labels[act], logits[act], features[act], idx, k=k, neighbors=neighbors,
-            random_state=random_state, num_classes=params["num_classes"], n_jobs=n_jobs)
+    group_drop = share = moved = None
+    if params["method"] in ("groups", "trajectory"):
+        trees = _class_trees(labels[act], logits[act], features[act], k=k, neighbors=neighbors,
+                             random_state=random_state, num_classes=params["num_classes"],
+                             n_jobs=n_jobs)
+        group_drop, share = foreign_groups(labels[act], idx, trees,
+                                           num_classes=params["num_classes"],
+                                           features=np.asarray(features[act], dtype=np.float64))
+        if params["method"] == "trajectory":
+            moved = _trajectory(labels[act], logits[act], history.take(act), trees)
     agreement[act], drop[act] = deep_knn_agreement(labels[act], idx, params["num_classes"],
                                                    ignore=group_drop)
     if group_drop is not None:
         agreement[act] = np.fmin(agreement[act], share)
         drop[act] |= group_drop
+    if moved is not None and moved.drop.any():
+        agreement[act] = np.where(moved.drop, np.fmin(agreement[act], -moved.lift),
+                                  agreement[act])
+        drop[act] |= moved.drop
     return CrossClassVotes(agreement, drop, k_all, used)
 
 
-def _foreign_groups(labels, logits, features, nbr_idx, *, k, neighbors, random_state,
-                    num_classes, n_jobs):
-    """The ``groups`` method's group pass over every class.
+def _trajectory(labels, logits, history, trees):
+    """The trajectory rule on the scored rows, warning when the reference carries no signal."""
+    # The reference predicts a row's label where its own-label margin is positive.
+    res = trajectory_drop(margin_gain(history, labels, logits), history.margin[0] > 0,
+                          labels, trees)
+    if not res.acted:
+        warnings.warn(
+            f"trajectory: the reference export gives only {100 * res.reference_agreement:.0f}% "
+            "of the rows their label (a freshly initialised head or network?), so its margins "
+            "carry no signal and only groups' rule ran", GradscoreWarning, stacklevel=2)
+    return res
 
-    ``nbr_idx`` is every row's k-NN list in feature space over all classes.
-    Returns ``(drop, own_share)`` over the given rows: members of groups
-    judged foreign to their label, and the lowest share of their own label
-    around such a group (NaN for rows in no dropped group).
-    """
+
+def _class_trees(labels, logits, features, *, k, neighbors, random_state, num_classes, n_jobs):
+    """Every class's single-linkage tree over its k-NN graph in feature space:
+    ``[(label, rows, ei, ej), ...]``, the candidate groups of ``groups``."""
     def one(c):
         rows = np.flatnonzero(labels == c)
         if rows.size < 3:
@@ -123,7 +148,5 @@ def _foreign_groups(labels, logits, features, nbr_idx, *, k, neighbors, random_s
 
     jobs = n_threads(n_jobs, num_classes)
     with ThreadPoolExecutor(max_workers=jobs) as pool, one_blas_thread_each(jobs):
-        trees = [t for t in (pool.map(one, range(num_classes)) if jobs > 1
-                             else map(one, range(num_classes))) if t is not None]
-    return foreign_groups(labels, nbr_idx, trees, num_classes=num_classes,
-                          features=np.asarray(features, dtype=np.float64))
+        return [t for t in (pool.map(one, range(num_classes)) if jobs > 1
+                            else map(one, range(num_classes))) if t is not None]

@@ -27,18 +27,18 @@ from .selection import medoid_budgets
 from .selection.epic import DENSE_MAX
 from .tasks import CROSS_CLASS_METHODS, ClassData, gather, score_class
 
-METHODS = ("epic", "knn-density", "deep-knn", "spectral", "groups")
+METHODS = ("epic", "knn-density", "deep-knn", "spectral", "groups", "trajectory")
 #: How a previous keep-list combines with this round (see :func:`score`).
 CUMULATIVE_RULES = ("intersect", "survivors")
 #: Methods that compare examples by their penultimate features, not gradients.
-FEATURE_METHODS = ("deep-knn", "spectral", "groups")
+FEATURE_METHODS = ("deep-knn", "spectral", "groups", "trajectory")
 
 
 def score(labels, logits, features=None, *, method="epic", gradient="logits",
           fraction=0.2, cluster_threshold=1, k=20, drop_fraction=None,
           z_threshold=3.0, max_drop_fraction=0.5, max_total_drop_fraction=0.5,
           cumulative="intersect", label_smoothing=0.0, neighbors="auto",
-          dense_max=DENSE_MAX, num_classes=None, active=None, random_state=0,
+          dense_max=DENSE_MAX, num_classes=None, active=None, history=None, random_state=0,
           progress=False, n_jobs=None):
     """Decide which examples to keep, from one epoch's labels, logits and features.
 
@@ -66,7 +66,10 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         another label; then deep-kNN's rule for single examples, with the
         dropped groups no longer voting. Catches clean-label poisons that
         sit together as well as lone dirty-label ones. See
-        :mod:`gradscore.selection.groups`.
+        :mod:`gradscore.selection.groups`. ``"trajectory"`` (needs
+        ``features`` and ``history``): ``groups``, and also the groups that
+        training had to pull far towards their label since the reference
+        export. See :mod:`gradscore.selection.trajectory`.
     gradient : {"logits", "last-layer"}, default="logits"
         Which closed-form gradient to compare examples by.
     fraction : float, default=0.2
@@ -110,6 +113,12 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
     active : array-like of shape (n_samples,), bool, default=None
         False for examples dropped at an earlier round: they stay dropped
         (see ``cumulative``). Default: all active.
+    history : History, default=None
+        For ``method="trajectory"`` (which needs it): the margins of these
+        rows in earlier exports of the run, the reference (the model before
+        training on this data) first; from
+        :func:`gradscore.history.read_history` or
+        :func:`gradscore.history.history_from_arrays`.
     random_state : int, default=0
         Seed for randomised neighbour backends and for the classes that give
         back a medoid when the per-class EPIC budgets round up.
@@ -158,6 +167,7 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
             raise GradscoreError(
                 f"active must be a bool array of shape {labels.shape}; "
                 f"got {active.dtype} of shape {active.shape}")
+    check_history(method, history, labels.size)
     params = check_params(
         method=method, gradient=gradient, fraction=fraction,
         cluster_threshold=cluster_threshold, k=k, drop_fraction=drop_fraction,
@@ -165,15 +175,15 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         max_total_drop_fraction=max_total_drop_fraction, cumulative=cumulative,
         label_smoothing=label_smoothing, neighbors=neighbors, dense_max=dense_max,
         num_classes=num_classes, random_state=random_state)
-    return _score(labels, logits_arr, features, params, active=active, progress=progress,
-                  n_jobs=check_n_jobs(n_jobs))
+    return _score(labels, logits_arr, features, params, active=active, history=history,
+                  progress=progress, n_jobs=check_n_jobs(n_jobs))
 
 
 #: Defaults of :func:`score`'s scoring parameters, for callers that fill in
 #: only some (``score_files``, ``DropSchedule``).
 SCORE_DEFAULTS = {name: p.default for name, p in inspect.signature(score).parameters.items()
                   if p.kind is inspect.Parameter.KEYWORD_ONLY
-                  and name not in ("active", "progress", "n_jobs")}
+                  and name not in ("active", "history", "progress", "n_jobs")}
 
 
 def needs_features(method, gradient):
@@ -185,6 +195,21 @@ def check_features_given(method, gradient, features):
     if features is None and needs_features(method, gradient):
         why = f"method={method!r}" if method in FEATURE_METHODS else "gradient='last-layer'"
         raise GradscoreError(f"{why} needs features; got None")
+
+
+def check_history(method, history, n=None):
+    """``method="trajectory"`` needs a history (of ``n`` rows, unless None);
+    other methods take none."""
+    if method == "trajectory":
+        if history is None:
+            raise GradscoreError("method='trajectory' needs the run's history: earlier "
+                                 "exports, the reference (the model before training) first "
+                                 "(--history REF.h5 [MORE.h5 ...])")
+        if n is not None:
+            history.check_rows(n)
+    elif history is not None:
+        raise GradscoreError(f"a history is used only by method='trajectory'; got "
+                             f"method={method!r}")
 
 
 def check_params(**given):
@@ -227,7 +252,8 @@ def check_n_jobs(n_jobs):
     return n_jobs
 
 
-def _score(labels, logits, features, params, *, active=None, progress=False, n_jobs=None):
+def _score(labels, logits, features, params, *, active=None, history=None, progress=False,
+           n_jobs=None):
     """:func:`score` on validated input; ``params`` from :func:`check_params`.
 
     The data's way, in memory: partition by class -> (for methods that look
@@ -250,7 +276,8 @@ def _score(labels, logits, features, params, *, active=None, progress=False, n_j
     if params["method"] in CROSS_CLASS_METHODS:
         # The authors' rule scores every example; "survivors" only the kept ones.
         scored = np.ones(n, dtype=bool) if params["cumulative"] == "intersect" else active
-        votes = cross_class_votes(labels, logits, features, scored, params, n_jobs=n_jobs)
+        votes = cross_class_votes(labels, logits, features, scored, params, n_jobs=n_jobs,
+                                  history=history)
     keep_features = features is not None and needs_features(params["method"],
                                                             params["gradient"])
 

@@ -23,6 +23,7 @@ import numpy as np
 from ._validation import check_ids, check_int
 from .api import score_files as _score_files
 from .errors import GradscoreError
+from .history import align, read_past, reduce_export
 from .io._atomic import atomic_path
 from .io.keeplist import keep_mask, read_keeplist, write_keeplist
 from .pipeline import score as _score
@@ -32,7 +33,7 @@ STATE_FORMAT = "gradscore-drop-schedule"
 STATE_VERSION = 1
 
 # score() arguments the schedule owns itself, so users cannot set them.
-_RESERVED = ("labels", "logits", "features", "active")
+_RESERVED = ("labels", "logits", "features", "active", "history")
 
 
 def _score_param_names():
@@ -63,10 +64,19 @@ class DropSchedule:
         scoring. When it exists, the schedule resumes from it; its
         ``warmup``, ``freq``, ``stop`` and scoring parameters must equal
         the ones given. None keeps the state in memory only.
+    reference : str or path-like, list of them, or tuple of arrays, default=None
+        For ``method="trajectory"``: the run's reference, the model before
+        training on this data (an export at epoch 0: one inference pass). A
+        path (or shards) works with :meth:`step_files` and :meth:`step`; a
+        tuple ``(labels, logits)`` or ``(labels, logits, ids)`` with both.
+        Only each row's margin and loss are kept. Can also be given later,
+        with :meth:`set_reference` (the framework callbacks export epoch 0
+        and do so at the start of training).
     **score_params
         Passed to :func:`gradscore.score` at every scoring (``method``,
-        ``fraction``, ``k``, ``random_state``, ...). Not ``active``: the
-        schedule sets it from the running keep-list.
+        ``fraction``, ``k``, ``random_state``, ...). Not ``active`` or
+        ``history``: the schedule sets them from the running keep-list and
+        the reference.
 
     Attributes
     ----------
@@ -98,7 +108,8 @@ class DropSchedule:
     ((60,), [2])
     """
 
-    def __init__(self, *, warmup, freq, stop=None, state_path=None, **score_params):
+    def __init__(self, *, warmup, freq, stop=None, state_path=None, reference=None,
+                 **score_params):
         self.warmup = check_int("warmup", warmup, minimum=0)
         self.freq = check_int("freq", freq, minimum=1)
         self.stop = None if stop is None else check_int("stop", stop, minimum=self.warmup)
@@ -119,8 +130,44 @@ class DropSchedule:
         self.keep_ids = None
         self.history = []
         self.last_result = None
+        self.reference = None
+        self._reference = None
+        if reference is not None:
+            self.set_reference(reference)
         if self.state_path is not None and os.path.exists(self.state_path):
             self._load()
+
+    # -- the reference (method="trajectory") ---------------------------------
+
+    @property
+    def needs_reference(self):
+        """True when the method needs a reference and none was given yet."""
+        return self.score_params.get("method") == "trajectory" and self._reference is None
+
+    def set_reference(self, reference):
+        """Set the run's reference (see the class's ``reference`` parameter).
+
+        A path is read at once, reduced to each row's margin and loss, and
+        remembered in the state file (a resumed schedule reads it again).
+        """
+        if isinstance(reference, tuple):
+            if len(reference) not in (2, 3):
+                raise GradscoreError("reference: give a path, or (labels, logits) or "
+                                     f"(labels, logits, ids); got a tuple of {len(reference)}")
+            self._reference = reduce_export(*reference[:2], ids=reference[2] if len(
+                reference) == 3 else None, source="reference (in memory)")
+            self.reference = None
+            return
+        paths = [os.fspath(reference)] if isinstance(reference, (str, os.PathLike)) \
+            else [os.fspath(p) for p in reference]
+        self._reference = read_past(paths)
+        self.reference = [os.path.abspath(p) for p in paths]
+
+    def _require_reference(self):
+        if self.needs_reference:
+            raise GradscoreError("method='trajectory' needs the run's reference: "
+                                 "DropSchedule(reference=...) or set_reference(...) with an "
+                                 "export of the model before training (epoch 0)")
 
     # -- when -----------------------------------------------------------------
 
@@ -187,7 +234,12 @@ class DropSchedule:
         n = np.shape(labels)[0] if np.ndim(labels) == 1 else -1
         ids = check_ids(ids, n)
         active = None if self.keep_ids is None else self.keep_mask(ids)
-        result = _score(labels, logits, features, active=active, **self.score_params)
+        history = None
+        if self.score_params.get("method") == "trajectory":
+            self._require_reference()
+            history = align([self._reference], ids=ids, labels=np.asarray(labels))
+        result = _score(labels, logits, features, active=active, history=history,
+                        **self.score_params)
         self._record(int(epoch), ids[result.keep], result, keeplist=None)
         return result.keep
 
@@ -215,10 +267,14 @@ class DropSchedule:
             The keep-list path written.
         """
         self._check_due(epoch)
+        self._require_reference()
         with tempfile.TemporaryDirectory(prefix="gradscore-") as tmp:
             previous = self._previous_keeplist(tmp)
+            history = None if self._reference is None or \
+                self.score_params.get("method") != "trajectory" else [self._reference]
             result, ep, out = _score_files(paths, output=output, scores_path=scores_path,
-                                           previous=previous, **self.score_params)
+                                           previous=previous, history=history,
+                                           **self.score_params)
             self._record(int(epoch), ep.ids[result.keep], result, keeplist=os.path.abspath(out))
         return out
 
@@ -287,7 +343,7 @@ class DropSchedule:
         """The JSON-ready state (what :meth:`save` writes)."""
         keep = None if self.keep_ids is None else self.keep_ids.tolist()
         return {"format": STATE_FORMAT, "version": STATE_VERSION, **self._config(),
-                "history": self.history, "keep_ids": keep}
+                "history": self.history, "keep_ids": keep, "reference": self.reference}
 
     def save(self):
         """Write the state to ``state_path`` atomically (no-op without one)."""
@@ -327,6 +383,13 @@ class DropSchedule:
         else:
             self.keep_ids = np.array([str(v) for v in keep], dtype=object)
         self.history = [dict(h) for h in doc.get("history") or []]
+        saved = doc.get("reference")
+        if saved and self._reference is None:
+            self.set_reference(saved)
+        elif saved and self.reference is not None and saved != self.reference:
+            raise GradscoreError(f"{where}: the saved schedule's reference is {saved} but this "
+                                 f"one was given {self.reference}; use the same reference to "
+                                 f"resume{hint}")
 
     def __repr__(self):
         stop = "None" if self.stop is None else self.stop

@@ -81,6 +81,6 @@ def test_miss_lines_split_recall_by_whether_the_attack_still_succeeds(tmp_path):
     rows.append(dict(attack="backdoor", defence="groups", target=0, success=0.4,
                      poison_recall=0.8))
     (tmp_path / "results_x.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    lines = report.miss_lines(str(tmp_path)).splitlines()
+    lines = report.miss_lines(str(tmp_path), "groups").splitlines()
     assert lines[2] == "| bullseye-polytope | 2 / 4 | 0.00, 0.10 | 0.95 (0.90) |"
     assert len(lines) == 3   # the backdoor's success is a rate: no row

@@ -98,11 +98,24 @@ def _base_indices(y_train, adv_class, n_poisons, seed):
 
 
 def craft_feature_collision(proxy, splits, target_x, adv_class, *, n_poisons, max_iter,
-                            similarity_coeff, learning_rate, watermark, seed, device):
-    """Poison Frogs (ART FeatureCollisionAttack): bases from the adversarial class."""
+                            similarity_coeff, learning_rate, watermark, seed, device,
+                            batched=False):
+    """Poison Frogs (ART FeatureCollisionAttack): bases from the adversarial class.
+
+    ``batched=True`` runs ART's algorithm on all poisons at once
+    (:mod:`.frogs`, each poison with its own learning rate).
+    """
+    idx = _base_indices(splits.y_train, adv_class, n_poisons, seed)
+    if batched:
+        from .frogs import craft_frogs
+        x_p = splits.x_train.copy()
+        x_p[idx] = craft_frogs(M.clone(proxy), splits.x_train[idx], target_x, max_iter=max_iter,
+                               similarity_coeff=similarity_coeff, learning_rate=learning_rate,
+                               watermark=watermark, clip_values=splits.clip_values,
+                               device=device)
+        return x_p.astype(np.float32), splits.y_train.copy(), idx   # clean label
     from art.attacks.poisoning import FeatureCollisionAttack
     clf = M.art_classifier(M.clone(proxy), splits, device)
-    idx = _base_indices(splits.y_train, adv_class, n_poisons, seed)
     attack = FeatureCollisionAttack(clf, target_x, "features", learning_rate=learning_rate,
                                     max_iter=max_iter, similarity_coeff=similarity_coeff,
                                     watermark=watermark, verbose=False)

@@ -26,6 +26,7 @@ def make_model(input_shape, num_classes, width=64):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
+            self.input_shape = tuple(input_shape)   # for a fresh net of the same shape
             self.head = nn.Linear(width, num_classes)
             if len(input_shape) == 3:        # (C, H, W) images
                 c, h, w = input_shape

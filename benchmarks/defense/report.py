@@ -19,23 +19,31 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 DEFENCE_ORDER = ["none", "epic-0.1", "epic-0.2", "epic-0.3", "knn-density",
-                 "epic-0.2-last-layer", "deep-knn", "groups", "spectral", "random-30%",
-                 "art-activation", "art-spectral"]
+                 "epic-0.2-last-layer", "deep-knn", "groups", "trajectory", "spectral",
+                 "random-30%", "art-activation", "art-spectral"]
 ATTACK_ORDER = ["backdoor", "gradient-matching", "gradient-matching-35", "bullseye-polytope",
                 "feature-collision", "backdoor-10pct", "bullseye-polytope-10pct",
-                "feature-collision-10pct"]
+                "feature-collision-10pct", "gradient-matching-10pct"]
 PAPER = {"epic-0.1", "epic-0.2", "epic-0.3"}
-GRADSCORE_OTHER = {"knn-density", "epic-0.2-last-layer", "deep-knn", "spectral", "groups"}
-#: The new method of issue 11 and the peers it is held against.
-NEW_METHOD = "groups"
-PEERS = ["epic-0.1", "epic-0.2", "epic-0.3", "deep-knn", "spectral", "art-activation",
-         "art-spectral"]
-#: Issue 11's targets: where the undefended ASR is at least this ...
+GRADSCORE_OTHER = {"knn-density", "epic-0.2-last-layer", "deep-knn", "spectral", "groups",
+                   "trajectory"}
+#: The new method of issue 19 and the peers it is held against.
+NEW_METHOD = "trajectory"
+PEERS = ["epic-0.1", "epic-0.2", "epic-0.3", "deep-knn", "groups", "spectral",
+         "art-activation", "art-spectral"]
+#: Settings no per-class defence can act on (poisons nearly their whole
+#: class): reported, kept out of the verdict.
+OUT_OF_REACH = {"gradient-matching": "poisons 97% of their class"}
+#: Issue 19's targets: where the undefended ASR is at least this ...
 TARGET_SUCCESS_ASR = 0.3
-#: ... the new method's clean data dropped and clean-accuracy loss (points) at most ...
+#: ... the new method's ASR at most the best peer's plus this ...
+TARGET_ASR_SLACK = 0.05
+#: ... its clean data dropped and clean-accuracy loss (points) at most ...
 TARGET_CLEAN_DROP, TARGET_ACC_LOSS = 0.05, 0.01
-#: ... and its poison recall at least this (backdoor and two clean-label attacks).
+#: ... and its poison recall at least this, on these settings where they succeed.
 TARGET_RECALL = 0.9
+RECALL_SETTINGS = ("backdoor", "backdoor-10pct", "gradient-matching-10pct",
+                   "feature-collision-10pct")
 
 #: An attack "succeeds undefended" when its undefended ASR is at least this.
 SUCCESS_ASR = 0.2
@@ -284,37 +292,49 @@ def verdict_lines(summary):
 
 
 def target_lines(summary):
-    """Issue 11's targets for the new method, checked per attack setting."""
-    head = ("| attack | undefended ASR | groups ASR | best peer (ASR) | groups ASR <= best "
-            "peer | best peer within the clean-data bound (ASR) | clean dropped | acc. loss "
-            "(points) | poison recall | all targets met |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    """Issue 19's targets for the new method, checked per attack setting."""
+    m = NEW_METHOD
+    head = (f"| attack | undefended ASR | {m}: ASR / poison recall / clean dropped / acc. "
+            f"change (points) | best peer (ASR, clean dropped) | ASR <= best peer + "
+            f"{100 * TARGET_ASR_SLACK:.0f} | best peer within the clean-data bound (ASR) | "
+            f"recall >= {100 * TARGET_RECALL:.0f}% | all targets met |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for attack, a in summary["attacks"].items():
         t = a["defences"]
-        if NEW_METHOD not in t or "none" not in t:
+        if m not in t or "none" not in t:
             continue
-        none, g = t["none"], t[NEW_METHOD]
+        none, g = t["none"], t[m]
         und = none["asr"]["mean"]
-        peers = [d for d in PEERS if d in t]
-        best = _best(t, peers)
-        # A second reading of the target: peers held to the same clean-data bound.
-        best_b = _best(t, [d for d in peers
-                           if t[d]["clean_dropped"]["mean"] <= TARGET_CLEAN_DROP])
-        bcell_b = (f"{best_b} ({100 * t[best_b]['asr']['mean']:.0f}%)" if best_b else "none")
-        if und < TARGET_SUCCESS_ASR:
-            lines.append(f"| {attack} | {100 * und:.0f}% | {100 * g['asr']['mean']:.0f}% | "
-                         f"– | – | – | {100 * g['clean_dropped']['mean']:.1f}% | – | "
-                         f"{100 * g['poison_recall']['mean']:.0f}% | (below "
-                         f"{100 * TARGET_SUCCESS_ASR:.0f}% undefended: no target) |")
-            continue
-        le = best is None or g["asr"]["mean"] <= t[best]["asr"]["mean"] + 1e-12
         drop = g["clean_dropped"]["mean"]
         loss = none["clean_acc"]["mean"] - g["clean_acc"]["mean"]
-        ok = le and drop <= TARGET_CLEAN_DROP and loss <= TARGET_ACC_LOSS
-        bcell = f"{best} ({100 * t[best]['asr']['mean']:.0f}%)" if best else "–"
-        lines.append(f"| {attack} | {100 * und:.0f}% | {100 * g['asr']['mean']:.0f}% | {bcell} | "
-                     f"{'yes' if le else '**no**'} | {bcell_b} | {100 * drop:.1f}% | {100 * loss:+.1f} | "
-                     f"{100 * g['poison_recall']['mean']:.0f}% | {'yes' if ok else '**no**'} |")
+        rec = g["poison_recall"]["mean"]
+        cell = (f"{100 * g['asr']['mean']:.0f}% / {100 * rec:.0f}% / {100 * drop:.1f}% / "
+                f"{-100 * loss:+.1f}")
+        peers = [d for d in PEERS if d in t]
+        best = _best(t, peers)
+        best_b = _best(t, [d for d in peers
+                           if t[d]["clean_dropped"]["mean"] <= TARGET_CLEAN_DROP])
+        bcell = (f"{best} ({100 * t[best]['asr']['mean']:.0f}%, "
+                 f"{100 * t[best]['clean_dropped']['mean']:.1f}%)" if best else "–")
+        bcell_b = f"{best_b} ({100 * t[best_b]['asr']['mean']:.0f}%)" if best_b else "none"
+        if attack in OUT_OF_REACH:
+            lines.append(f"| {attack} | {100 * und:.0f}% | {cell} | {bcell} | – | {bcell_b} | – "
+                         f"| out of reach of per-class defences ({OUT_OF_REACH[attack]}): "
+                         "not judged |")
+            continue
+        if und < TARGET_SUCCESS_ASR:
+            lines.append(f"| {attack} | {100 * und:.0f}% | {cell} | {bcell} | – | {bcell_b} | – "
+                         f"| below {100 * TARGET_SUCCESS_ASR:.0f}% undefended: no target |")
+            continue
+        le = best is None or g["asr"]["mean"] <= t[best]["asr"]["mean"] + TARGET_ASR_SLACK + 1e-12
+        needs_recall = attack in RECALL_SETTINGS
+        rec_ok = rec >= TARGET_RECALL - 1e-12
+        ok = (le and drop <= TARGET_CLEAN_DROP + 1e-12 and loss <= TARGET_ACC_LOSS + 1e-12
+              and (rec_ok or not needs_recall))
+        rcell = ("yes" if rec_ok else "**no**") if needs_recall else "–"
+        lines.append(f"| {attack} | {100 * und:.0f}% | {cell} | {bcell} | "
+                     f"{'yes' if le else '**no**'} | {bcell_b} | {rcell} | "
+                     f"{'yes' if ok else '**no**'} |")
     return "\n".join(lines)
 
 
@@ -492,14 +512,14 @@ def _isolation_section(out):
     ]
 
 
-def miss_lines(out):
-    """``groups``' six-round poison recall on the targets whose attack still
+def miss_lines(out, method=NEW_METHOD):
+    """``method``'s six-round poison recall on the targets whose attack still
     succeeds under it, against the others (targeted attacks only)."""
-    rows = [r for r in load_results(out) if r["defence"] == NEW_METHOD]
+    rows = [r for r in load_results(out) if r["defence"] == method]
     by = {}
     for r in rows:
         by.setdefault(r["attack"], []).append(r)
-    lines = ["| attack | targets still succeeding under groups | their poison recall | "
+    lines = [f"| attack | targets still succeeding under {method} | their poison recall | "
              "other targets: mean recall (lowest) |", "|---|---|---|---|"]
     for attack in [a for a in ATTACK_ORDER if a in by]:
         rs = by[attack]

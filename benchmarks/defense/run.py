@@ -114,6 +114,14 @@ def craft(name, cfg, splits, pretrained, t, device):
     if name == "bullseye-polytope":
         return A.craft_bullseye(pretrained, splits, tx, t["adv"], n_poisons=cfg["n_poisons"],
                                 seed=t["seed"], device=device, **p)
+    if name == "brew":
+        from . import brew
+        proxies = brew.train_proxies(splits, cfg["victim"], n_proxies=p["n_proxies"],
+                                     seed=cfg["seed"], device=device, out=cfg["out"])
+        kw = {k: v for k, v in p.items() if k != "n_proxies"}
+        xp, yp, idx, _ = brew.craft_brew(proxies, splits, tx, t["adv"], n_poisons=cfg["n_poisons"],
+                                         seed=t["seed"], device=device, **kw)
+        return xp, yp, idx
     if name == "feature-collision":
         return A.craft_feature_collision(pretrained, splits, tx, t["adv"], n_poisons=cfg["n_poisons"],
                                          seed=t["seed"], device=device, **p)
@@ -203,8 +211,9 @@ def limit_threads(n):
 def run_attack(name, args):
     limit_threads(args.threads)
     quick = args.quick
-    cfg = C.attack_config(name, quick=quick)
+    cfg = C.attack_config(name, quick=quick, overrides=args.set)
     out = args.out
+    cfg.update(seed=args.seed, out=out)
     os.makedirs(out, exist_ok=True)
     splits = D.load(cfg["dataset"], seed=args.seed)
     pretrained = pretrained_model(splits, args.seed, args.device, out)
@@ -279,9 +288,15 @@ def run_attack(name, args):
             with open(results_path, "a") as fh:
                 fh.write(json.dumps(r) + "\n")
 
+        traj = None
+        if args.save_trajectory:
+            os.makedirs(os.path.join(out, "trajectory"), exist_ok=True)
+            traj = os.path.join(out, "trajectory", f"{name}_{t['target']:03d}.npz")
+            if os.path.exists(traj) or not any(d.name == "none" for d in todo):
+                traj = None
         res = V.run_target(pretrained, splits, xp, yp, idx, tgt, cfg["victim"], todo,
                            seed=t["seed"], device=args.device, workdir=workdir,
-                           on_result=on_result)
+                           on_result=on_result, trajectory=traj)
         none = [r for r in res if r["defence"] == "none"]
         log(f"{name}: target {t['target']} adv={t['adv']} poisons={len(idx)} "
             f"craft {craft_s:.1f}s, all defences {time.perf_counter() - t0:.1f}s; "
@@ -320,6 +335,10 @@ def run_parallel(attacks, args):
         base += ["--defences", *args.defences]
     if args.keep_exports:
         base.append("--keep-exports")
+    if args.set:
+        base += ["--set", *args.set]
+    if args.save_trajectory:
+        base.append("--save-trajectory")
     pending = list(attacks)
     running = []
     failed = []
@@ -391,7 +410,13 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=1, help="attacks run in parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override a setting for exploration, e.g. n_poisons=40 "
+                         "params.epsilon=0.125 victim.lr=0.002 (use a separate --out)")
     ap.add_argument("--keep-exports", action="store_true", help="keep the HDF5 exports")
+    ap.add_argument("--save-trajectory", action="store_true",
+                    help="save the undefended victim's per-epoch logits (and features at the "
+                         "drop epochs) as <out>/trajectory/<attack>_<target>.npz")
     ap.add_argument("--docs", action="store_true",
                     help="write docs/defense-benchmark.md and the PNG (default for full runs)")
     ap.add_argument("--no-docs", action="store_true")

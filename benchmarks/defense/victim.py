@@ -32,7 +32,9 @@ from . import models as M
 
 @dataclass
 class VictimConfig:
-    mode: str = "finetune"      # "finetune": all layers; "transfer": frozen features, new head
+    # "finetune": all layers from the pre-trained net; "transfer": frozen
+    # features, new head; "scratch": the whole net from random initialisation.
+    mode: str = "finetune"
     epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 64
@@ -85,8 +87,12 @@ def default_defences(expected_poison_fraction=0.05):
 
 
 def make_victim(pretrained, num_classes, cfg, seed):
-    """The victim's starting point: the pre-trained net, fine-tuned whole or as a new linear head."""
+    """The victim's starting point: the pre-trained net, fine-tuned whole or as a
+    new linear head, or a fresh net trained from scratch."""
     import torch
+    if cfg.mode == "scratch":
+        torch.manual_seed(seed)
+        return M.make_model(pretrained.input_shape, num_classes)
     model = M.clone(pretrained)
     if cfg.mode == "transfer":
         for p in model.features.parameters():
@@ -130,9 +136,14 @@ def evaluate(model, splits, target, device):
     """
     pred = M.predict(model, splits.x_test, device)
     acc = float(np.mean(pred == splits.y_test))
-    tp = M.predict(model, target["x"], device)
-    success = float(np.mean(tp == target["adv"]))
-    return acc, success
+    logits = M.outputs(model, target["x"], device)[1].astype(np.float64)
+    success = float(np.mean(logits.argmax(1) == target["adv"]))
+    # How far from success: the adversarial class's logit minus the largest other
+    # (positive = success), the median over the target inputs.
+    other = logits.copy()
+    other[:, target["adv"]] = -np.inf
+    margin = float(np.median(logits[:, target["adv"]] - other.max(1)))
+    return acc, success, margin
 
 
 def _scores_kwargs(params, seed):
@@ -190,17 +201,24 @@ def run_art_detector(model, splits, x, y, defence, device):
 
 
 def run_target(pretrained, splits, xp, yp, poison_idx, target, cfg, defences, *, seed,
-               device, workdir, on_result=None):
-    """All defences on one poisoned set; returns one result dict per defence."""
+               device, workdir, on_result=None, trajectory=None):
+    """All defences on one poisoned set; returns one result dict per defence.
+
+    ``trajectory``: an ``.npz`` path to save the undefended victim's logits
+    at every epoch (0 = before training) and its features at epoch 0, the
+    drop epochs and the end, with the labels and the poison mask (for
+    ``separation.py``'s training-dynamics tables).
+    """
     n = len(xp)
     is_poison = np.zeros(n, dtype=bool)
     is_poison[poison_idx] = True
     results = []
 
     def record(defence, model, keep, t_def, t_total):
-        acc, success = evaluate(model, splits, target, device)
+        acc, success, margin = evaluate(model, splits, target, device)
         dropped = ~keep
         r = dict(defence=defence.name, paper=defence.paper, clean_acc=acc, success=success,
+                 adv_margin=margin,
                  poison_recall=float(dropped[is_poison].mean()) if is_poison.any() else float("nan"),
                  clean_dropped=float(dropped[~is_poison].mean()),
                  n_poisons=int(is_poison.sum()), n_dropped=int(dropped.sum()),
@@ -217,11 +235,36 @@ def run_target(pretrained, splits, xp, yp, poison_idx, target, cfg, defences, *,
     # Undefended, with a snapshot after the warm-up for the gradscore branches.
     t0 = time.perf_counter()
     base = _Run(make_victim(pretrained, splits.num_classes, cfg, seed), cfg)
-    base.train(xp, yp, all_rows, 0, cfg.drop_after, seed, device)
-    warm = base.clone()
-    t_warm = time.perf_counter() - t0
-    base.train(xp, yp, all_rows, cfg.drop_after, cfg.epochs - cfg.drop_after, seed, device)
-    t_none = time.perf_counter() - t0
+    if trajectory is None:
+        base.train(xp, yp, all_rows, 0, cfg.drop_after, seed, device)
+        warm = base.clone()
+        t_warm = time.perf_counter() - t0
+        base.train(xp, yp, all_rows, cfg.drop_after, cfg.epochs - cfg.drop_after, seed, device)
+        t_none = time.perf_counter() - t0
+    else:
+        # The same training one epoch at a time (the shuffle of an epoch
+        # depends on (seed, epoch) only), recording what every epoch's export
+        # would hold; evaluation changes nothing in training (no dropout or
+        # batch norm). The timings then include the recording.
+        logits, feats = [], {}
+        for e in range(cfg.epochs + 1):
+            f, lg = M.outputs(base.model, xp, device)
+            logits.append(lg)
+            if e == 0 or e in cfg.drop_epochs() or e == cfg.epochs:
+                feats[e] = f.astype(np.float16)
+            if e == cfg.drop_after:
+                warm = base.clone()
+                t_warm = time.perf_counter() - t0
+            if e < cfg.epochs:
+                base.train(xp, yp, all_rows, e, 1, seed, device)
+        t_none = time.perf_counter() - t0
+        fe = sorted(feats)
+        tmp = trajectory + ".tmp.npz"
+        np.savez_compressed(tmp, labels=yp.astype(np.int16), is_poison=is_poison,
+                            logits=np.stack(logits).astype(np.float32),
+                            feature_epochs=np.array(fe), features=np.stack([feats[e] for e in fe]),
+                            drop_epochs=np.array(cfg.drop_epochs()), mode=cfg.mode)
+        os.replace(tmp, trajectory)
     if "none" in by_kind:
         record(by_kind["none"][0], base.model, np.ones(n, bool), 0.0, t_none)
 

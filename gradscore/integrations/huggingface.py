@@ -269,9 +269,12 @@ class GradscoreTrainerCallback(TrainerCallback):
                 "(gradscore.integrations.huggingface.export_epoch) and restart with "
                 "dataset.select(keep_indices(...))")
         set_keep(self.train_dataset, self.schedule.keep_ids)
+        done = int(round(state.epoch or 0))
+        if done == 0 and self.schedule.needs_reference:
+            # method="trajectory": the model before training is the reference.
+            self.schedule.set_reference(self._export(model, 0))
         # Resumed from a checkpoint taken at the end of epoch e before e was
         # scored: the weights are those of the end of e, so score now.
-        done = int(round(state.epoch or 0))
         if done >= 1 and self.schedule.due(done):
             self._score(model, done)
 
@@ -280,10 +283,14 @@ class GradscoreTrainerCallback(TrainerCallback):
         if self.schedule.due(done):
             self._score(model, done)
 
-    def _score(self, model, epoch):
+    def _export(self, model, epoch):
         path = os.path.join(self.directory, self.filename.format(epoch=epoch))
         export_epoch(model, self.dataset, path, epoch=epoch, **self.export_kw)
         self.exports.append(path)
+        return path
+
+    def _score(self, model, epoch):
+        path = self._export(model, epoch)
         output = os.path.splitext(path)[0] + ".keep.txt"
         self.keeplists.append(self.schedule.step_files(epoch, path, output=output))
         set_keep(self.train_dataset, self.schedule.keep_ids)

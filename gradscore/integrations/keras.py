@@ -415,6 +415,9 @@ class GradscoreCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._sub = None  # the model may have changed between fit() calls
+        if self.schedule is not None and self.schedule.needs_reference:
+            # method="trajectory": the model before training is the reference.
+            self.schedule.set_reference(self.export(0))
         if self.keep_filter is not None:
             self._quiet_ran_out()
             if self.schedule.keep_ids is not None:

@@ -155,10 +155,15 @@ class GradscoreCallback(Callback):
             self._restored = False
             if trainer.is_global_zero:
                 self.schedule.save()  # the state file now says what the checkpoint says
+        done = trainer.current_epoch
+        if done == 0 and self.schedule.needs_reference:
+            # method="trajectory": the model before training is the reference.
+            inputs = self._export(trainer, pl_module, 0)
+            if trainer.is_global_zero:
+                self.schedule.set_reference(inputs)
         # A checkpoint saved at the end of epoch e, before this callback scored
         # it (e.g. by a ModelCheckpoint run after validation), resumes with e
         # due: the restored weights are those of the end of e, so score now.
-        done = trainer.current_epoch
         if done >= 1 and self.schedule.due(done):
             self._score(trainer, pl_module, done)
 
@@ -189,7 +194,8 @@ class GradscoreCallback(Callback):
         return DataLoader(self.export_data, batch_size=self.batch_size, shuffle=False,
                           sampler=sampler, num_workers=self.num_workers)
 
-    def _score(self, trainer, pl_module, epoch):
+    def _export(self, trainer, pl_module, epoch):
+        """Export on every rank; returns the export's files (all ranks' shards)."""
         rank, world = trainer.global_rank, trainer.world_size
         path = os.path.join(self.directory, self.filename.format(epoch=epoch))
         loader = self._export_loader(rank, world)
@@ -198,9 +204,14 @@ class GradscoreCallback(Callback):
                                batch_fn=self.batch_fn)
         self.exports.append(written)
         trainer.strategy.barrier("gradscore-export")
+        return shard_paths(path, world) if world > 1 else [path]
+
+    def _score(self, trainer, pl_module, epoch):
+        world = trainer.world_size
+        inputs = self._export(trainer, pl_module, epoch)
+        path = os.path.join(self.directory, self.filename.format(epoch=epoch))
         message = None
         if trainer.is_global_zero:
-            inputs = shard_paths(path, world) if world > 1 else [path]
             output = os.path.splitext(path)[0] + ".keep.txt"
             try:
                 self.keeplists.append(self.schedule.step_files(epoch, inputs, output=output))
