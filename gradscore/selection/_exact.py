@@ -23,11 +23,11 @@ Every gain is summed in one fixed order, whichever way it is computed: a
 block's terms in four interleaved running sums (row ``t`` of the block into
 sum ``t % 4``, combined as ``(s0 + s1) + (s2 + s3)``), and the blocks' sums
 in block order (a skipped block's sum is exactly 0). So one candidate's gain
-evaluated on its own (:func:`_gain`), all gains recomputed in one pass over
-pairs of blocks (:func:`_refresh`), and either of them reading kernel
-values from a kept n x n matrix instead of computing them (``cached``) give
-the same bits: keeping the matrix (for small classes) changes the speed,
-never a decision.
+computed on its own (:func:`_gain`), all gains recomputed in one pass over
+pairs of blocks (:func:`_refresh`), and a gain read off a kept n x n kernel
+matrix (:func:`_row_gain`, filled by :func:`_fill` with the very values the
+other two compute) are the same bits: keeping the matrix (for small classes)
+changes the speed, never a decision.
 
 The greedy is the lazy one of :mod:`._kernels` (stale gains are upper
 bounds by submodularity; ties in gain go to the lower row number, in the
@@ -265,21 +265,11 @@ def _row_gain(row, cur):
     return g
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _candidate_block(xt, at, ht, sqn, explicit, sim, cached, inv_dim, j, s, e, q, q2, kv,
-                     work):
-    # The kernel values of candidate j against the rows of [s, e): a view
-    # of the kept matrix, or computed into kv.
-    if cached:
-        return sim[j, s:e]
-    _kernel_rows(xt, at, ht, sqn, explicit, j, s, e, inv_dim, q, q2, kv, work)
-    return kv[:e - s]
-
-
 @njit(cache=True, nogil=True)
-def _gain(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov2, cur,
-          inv_dim, j, q, q2, kv, work):
-    """Exact marginal gain of candidate j (see the module docstring)."""
+def _gain(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_dim, j, q, q2,
+          kv, work):
+    """Exact marginal gain of candidate j, without the kernel matrix (see the
+    module docstring)."""
     box_lo, box_hi, norm_lo, norm_hi = bounds
     n = cov2.shape[0]
     g = 0.0
@@ -291,9 +281,8 @@ def _gain(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov2,
             continue
         s = b * BLOCK
         e = min(n, s + BLOCK)
-        kj = _candidate_block(xt, at, ht, sqn, explicit, sim, cached, inv_dim, j, s, e, q, q2,
-                              kv, work)
-        g += _block_sum(kj, cur[s:e], e - s)
+        _kernel_rows(xt, at, ht, sqn, explicit, j, s, e, inv_dim, q, q2, kv, work)
+        g += _block_sum(kv, cur[s:e], e - s)
     return g
 
 
@@ -335,9 +324,10 @@ def _accept(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov
 
 
 @njit(cache=True, nogil=True)
-def _refresh(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov2, cur,
-             inv_dim, gains, q, q2, kv, work, acc):
-    """Every candidate's exact gain, in one pass over pairs of blocks.
+def _refresh(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_dim, gains, q,
+             q2, kv, work, acc):
+    """Every candidate's exact gain without the kernel matrix, in one pass
+    over pairs of blocks.
 
     Block pair (b1, b2), b1 < b2: each pair of rows' kernel value is computed
     once and serves both directions; row i of b1 adds its four interleaved
@@ -355,9 +345,8 @@ def _refresh(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_co
         # The block itself: each candidate's own sum (no symmetry to use).
         if block_cov2[b1] > 0.0:
             for j in range(s1, e1):
-                kj = _candidate_block(xt, at, ht, sqn, explicit, sim, cached, inv_dim, j, s1,
-                                      e1, q, q2, kv, work)
-                gains[j] += _block_sum(kj, cur[s1:e1], e1 - s1)
+                _kernel_rows(xt, at, ht, sqn, explicit, j, s1, e1, inv_dim, q, q2, kv, work)
+                gains[j] += _block_sum(kv, cur[s1:e1], e1 - s1)
         for b2 in range(b1 + 1, nb):
             lim = max(block_cov2[b1], block_cov2[b2])
             if lim <= 0.0:
@@ -369,8 +358,8 @@ def _refresh(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_co
             acc[:, :m] = 0.0
             cs = cur[s2:e2]
             for i in range(s1, e1):
-                ki = _candidate_block(xt, at, ht, sqn, explicit, sim, cached, inv_dim, i, s2,
-                                      e2, q, q2, kv, work)
+                _kernel_rows(xt, at, ht, sqn, explicit, i, s2, e2, inv_dim, q, q2, kv, work)
+                ki = kv[:m]
                 # Row i as a candidate: its sum over b2.
                 gains[i] += _block_sum(ki, cs, m)
                 # Row i's term in each b2 candidate's sum over b1.
@@ -458,8 +447,14 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
     evals = 0
     while picked < budget:
         if refresh:
-            _refresh(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov2,
-                     cur, inv_dim, gains, q, q2, kv, work, acc)
+            if cached:
+                # Reading the matrix row by row is cheaper than the pair pass
+                # (whose point is to compute each kernel value once).
+                for j in range(n):
+                    gains[j] = _row_gain(sim[j], cur)
+            else:
+                _refresh(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_dim,
+                         gains, q, q2, kv, work, acc)
             size = 0
             for r in range(n):
                 j = where[r]
@@ -481,8 +476,8 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
         if cached:
             g = _row_gain(sim[j], cur)
         else:
-            g = _gain(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov2,
-                      cur, inv_dim, j, q, q2, kv, work)
+            g = _gain(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_dim, j,
+                      q, q2, kv, work)
         stamp[j] = picked
         size = _push(hg, hr, size, g, r)
         evals += 1
