@@ -1,11 +1,12 @@
 """Cost of one per-class task, the unit the scale-out design multiplies.
 
 Times :func:`gradscore.tasks.score_class` on one synthetic class of the
-ImageNet shape (1,281 rows x 1,000 logits, dense EPIC, 20% medoids), with
-``--large`` also of the 1M x 10 shape (100,000 rows x 10 logits, k-d tree
-and graph EPIC) and with ``--shape N C`` of any other, in CPU seconds of
-this process (one BLAS thread), median of ``--repeat`` (one run for classes
-over 10,000 rows), plus the dense path's parts. CPU time, not wall time: on
+ImageNet shape (1,281 rows x 1,000 logits, the kernel matrix kept, 20%
+medoids), with ``--large`` also of the 1M x 10 shape (100,000 rows x 10
+logits: k-d tree and EPIC without the matrix) and with ``--shape N C`` of
+any other, in CPU seconds of this process (one BLAS thread), median of
+``--repeat`` (one run for classes over 10,000 rows), plus the parts of the
+ImageNet class and of a CIFAR-10 class (5,000 x 10). CPU time, not wall time: on
 a shared machine it is the figure that says what a dedicated core would take.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_class_task.py
@@ -31,6 +32,8 @@ from gradscore.pipeline import check_params  # noqa: E402
 from gradscore.tasks import canonical_order as _canonical_order  # noqa: E402
 from gradscore.neighbors._dense import _similarity_and_knn, lower_gram  # noqa: E402
 from gradscore.selection.epic import epic_exact  # noqa: E402
+from gradscore.selection._exact import (BLOCK as EXACT_BLOCK,  # noqa: E402
+                                        exact_facility_location, kd_order)
 from gradscore.tasks import ClassData, score_class  # noqa: E402
 
 
@@ -63,7 +66,8 @@ def main():
                     help="also the 100,000 x 10 class (minutes of CPU)")
     ap.add_argument("--shape", nargs=2, type=int, action="append", default=[],
                     metavar=("N", "C"), help="also one class of N rows x C logits (repeatable)")
-    ap.add_argument("--no-parts", action="store_true", help="skip the 1,281 x 1,000 parts")
+    ap.add_argument("--no-parts", action="store_true",
+                    help="skip the parts of the 1,281 x 1,000 and 5,000 x 10 classes")
     a = ap.parse_args()
     rows = []
     shapes = [(1281, 1000)] + ([(100_000, 10)] if a.large else []) + [tuple(s) for s in a.shape]
@@ -97,6 +101,25 @@ def main():
     for name, func in [] if a.no_parts else parts:
         t = cpu(func, a.repeat)
         rows.append((f"1,281 x 1,000 part: {name}", t, t / 1281 * 1e3))
+    # The CIFAR-10 class: 5,000 x 10, explicit gradients, the kernel matrix kept.
+    z = synthetic_class(5000, 10, 3)
+    g = class_gradients(np.full(5000, 3), z, num_classes=10)
+    order = kd_order(g.values, EXACT_BLOCK // 2)
+    xt = np.ascontiguousarray(g.values[order].T)
+    sqn = np.ascontiguousarray((xt ** 2).sum(axis=0))
+    none = np.zeros((0, 5000))
+    sim = np.zeros((5000, 5000))
+    small = [
+        ("k-d tree leaf order", lambda: kd_order(g.values, EXACT_BLOCK // 2)),
+        ("density k-NN (k-d tree, k = 20)", lambda: nb.kneighbors(g, 20, backend="kdtree")),
+        ("EPIC kernel matrix (fill)", lambda: exact_facility_location(
+            xt, none, none, sqn, True, 1, 0.1, order, True, sim, True)),
+        ("EPIC greedy on the matrix, 1,000 medoids", lambda: exact_facility_location(
+            xt, none, none, sqn, True, 1000, 0.1, order, True, sim, False)),
+    ]
+    for name, func in [] if a.no_parts else small:
+        t = cpu(func, a.repeat)
+        rows.append((f"5,000 x 10 part: {name}", t, t / 5000 * 1e3))
     load = os.getloadavg()[0]
     lines = ["| task | CPU s | CPU ms per row |", "|---|---|---|"]
     lines += [f"| {name} | {t:.3f} | {per:.3f} |" for name, t, per in rows]
