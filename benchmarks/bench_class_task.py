@@ -66,6 +66,7 @@ def main():
                     help="also the 100,000 x 10 class (minutes of CPU)")
     ap.add_argument("--shape", nargs=2, type=int, action="append", default=[],
                     metavar=("N", "C"), help="also one class of N rows x C logits (repeatable)")
+    ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--no-parts", action="store_true",
                     help="skip the parts of the 1,281 x 1,000 and 5,000 x 10 classes")
     a = ap.parse_args()
@@ -129,6 +130,8 @@ def main():
             f"{os.environ.get('OPENBLAS_NUM_THREADS', '(unset)')} python "
             f"benchmarks/bench_class_task.py {' '.join(sys.argv[1:])}`\n\n" + "\n".join(lines))
     print(text)
+    if a.write_docs:
+        bench_score.write_docs(text, key="bench_class_task")
 
 
 if __name__ == "__main__":
