@@ -27,7 +27,8 @@ from .io.partition import (create_spill_files, join_indexes, read_index, spill_p
 from ._threads import n_threads, one_blas_thread_each
 from .pipeline import (_score, check_features_given, check_history, check_n_jobs,
                        check_params, class_budgets, needs_features)
-from .tasks import gather, score_spilled_class
+from .tasks import CROSS_CLASS_METHODS, gather, score_spilled_class
+from .crossclass import spilled_cross_class_votes
 
 SPILL_CHOICES = ("auto", "always", "never")
 #: ``spill="auto"`` spills when the arrays an in-memory run would hold
@@ -142,10 +143,11 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
     prev_ids = read_keeplist(previous) if previous is not None else None
     method, gradient = params.get("method", "epic"), params.get("gradient", "logits")
     remote = client is not None or executor is not None
-    if method in ("deep-knn", "trajectory") and (remote or spill == "always"):
-        raise GradscoreError(f"method={method!r} compares examples across classes, so it "
-                             "cannot run class by class (spill, client or executor); "
-                             "run it in memory on one machine")
+    if method == "trajectory" and (remote or spill == "always"):
+        raise GradscoreError("method='trajectory' reads the history of every row in memory, "
+                             "so it cannot run from a spill, a client or an executor; run it "
+                             "in memory (spill='never', no client), or use method='groups', "
+                             "which runs everywhere")
     check_history(method, history)
     if isinstance(history, (str, os.PathLike)):
         history = [history]
@@ -164,7 +166,7 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
         own_pool = executor = ThreadPoolExecutor(jobs)
         blas = one_blas_thread_each(jobs)
     try:
-        if method in ("deep-knn", "trajectory"):
+        if method == "trajectory":
             indexes = None
         else:
             indexes = _map(executor, partial(read_index, max_memory=max_memory), paths,
@@ -266,12 +268,21 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
         rows = [part.class_rows[c] for c in present]
         actives = [None if active is None else active[r] for r in rows]
         budgets = class_budgets(epoch.labels, active, params)
+        votes = None
+        if params["method"] in CROSS_CLASS_METHODS:
+            # Votes over all classes first, from the spill, by the same tasks.
+            scored = np.ones(epoch.labels.size, dtype=bool) \
+                if params["cumulative"] == "intersect" or active is None else active
+            with _where_hint(remote):
+                votes = spilled_cross_class_votes(part, scored, params, executor=executor,
+                                                  folder=tmp)
         if warm is not None:
             # One worker has compiled the kernels (and written numba's cache).
             warm.result()
         outcomes = _in_order([
             executor.submit(score_spilled_class, part.class_slices(c), act,
-                            None if budgets is None else int(budgets[c]), params)
+                            None if budgets is None else int(budgets[c]), params,
+                            None if votes is None else votes.take(part.class_rows[c]))
             for c, act in zip(present, actives)])
         with _where_hint(remote):
             result = gather(outcomes, rows, n=epoch.labels.size, active=active,

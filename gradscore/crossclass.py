@@ -10,6 +10,17 @@ once, over the whole epoch, and the per-class tasks
 
 The data's way for these methods is therefore
 read -> cross-class votes -> per-class task -> gather.
+
+The votes come from one neighbour search (:mod:`gradscore.neighbors._cross`):
+each row's ``k`` nearest rows over all classes (deep k-NN's votes) and
+within its class (the single-linkage trees of ``groups``), exact when that
+is cheap and over k-means cells otherwise. The search runs as plain tasks
+on the class-partitioned spill, so an in-memory run
+(:func:`cross_class_votes`), a spilled one and a Dask one
+(:func:`spilled_cross_class_votes`) compute the same numbers, and the
+group passes (:func:`gradscore.selection.groups.foreign_groups`) then run
+on the neighbour lists alone, the rare clumps no edge leaves going back to
+the features through the same store (:func:`_clump_voters`).
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -17,16 +28,19 @@ from dataclasses import dataclass
 import warnings
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from . import neighbors as nb
-from ._threads import n_threads, one_blas_thread_each
-from .errors import GradscoreWarning
-from .gradients import DenseGradients
+from ._threads import n_threads
+from .errors import GradscoreError, GradscoreWarning
 from .history import margin_gain
+from .neighbors._cross import ClassInput, cross_neighbors, nearest_to_centres_in_store
 from .selection.feature_space import deep_knn_agreement
 from .selection.groups import foreign_groups, tree_edges
 from .selection.trajectory import trajectory_drop
-from .tasks import canonical_order
+
+#: ``neighbors`` values the cross-class search takes: ``"auto"`` (exact when
+#: cheap, else k-means cells) and ``"brute"`` (always exact).
+CROSS_BACKENDS = ("auto", "brute")
 
 
 @dataclass
@@ -46,7 +60,7 @@ class CrossClassVotes:
     k_used : int
         Neighbours per row actually used.
     neighbors : str
-        The neighbour backend that ran.
+        The neighbour search that ran: ``"exact"`` or ``"cells"``.
     """
 
     agreement: np.ndarray
@@ -60,6 +74,15 @@ class CrossClassVotes:
                                self.neighbors)
 
 
+def check_cross_backend(method, neighbors):
+    """The cross-class search takes ``neighbors`` "auto" or "brute" only."""
+    if neighbors not in CROSS_BACKENDS:
+        raise GradscoreError(
+            f"method={method!r} searches neighbours over all classes with its own search "
+            f"(exact, or over k-means cells when exact would be slow); 'neighbors' must be "
+            f"'auto' or 'brute' (always exact) for it; got {neighbors!r}")
+
+
 def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None, history=None):
     """Deep k-NN's (and ``groups``' and ``trajectory``'s) votes over every class, in memory.
 
@@ -67,6 +90,7 @@ def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None, 
     ----------
     labels : ndarray of shape (n,)
     logits : ndarray of shape (n, n_classes)
+        For ``trajectory``'s margins (the other methods vote from features).
     features : ndarray of shape (n, n_features)
     scored : ndarray of shape (n,), bool
         Rows that vote and are judged (all rows under the ``"intersect"``
@@ -75,7 +99,7 @@ def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None, 
         From :func:`gradscore.pipeline.check_params`; ``method`` is
         ``"deep-knn"``, ``"groups"`` or ``"trajectory"``.
     n_jobs : int, default=None
-        Threads for the per-class trees of ``groups``.
+        Threads for the search tasks.
     history : History, default=None
         For ``trajectory``: the rows' margins in earlier exports
         (:mod:`gradscore.history`). Members of groups its rule drops get
@@ -87,28 +111,98 @@ def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None, 
     votes : CrossClassVotes
         Aligned with all ``n`` rows.
     """
-    n = labels.size
-    k, neighbors, random_state = params["k"], params["neighbors"], params["random_state"]
+    features = np.asarray(features, dtype=np.float32)
+    inputs = [ClassInput(c, np.flatnonzero(scored & (labels == c)), features=features)
+              for c in range(params["num_classes"])]
+    inputs = [inp for inp in inputs if inp.rows.size]
+    jobs = n_threads(n_jobs, 1 << 30)
+    # One BLAS thread per task, whatever the number of tasks: a distance's
+    # bits then do not depend on how many threads BLAS splits a product over
+    # (Dask's workers also run BLAS on one thread).
+    with ThreadPoolExecutor(jobs) as pool, threadpool_limits(limits=1, user_api="blas"):
+        return _votes(labels, scored, params, inputs, n_features=features.shape[1],
+                      dtype="float32", folder=None, executor=pool, logits=logits,
+                      history=history)
+
+
+def spilled_cross_class_votes(part, scored, params, *, executor, folder):
+    """:func:`cross_class_votes` on a class-partitioned spill, with ``executor``'s workers.
+
+    Parameters
+    ----------
+    part : Partition
+        From :func:`gradscore.io.partition.join_indexes`, spilled with features.
+    scored : ndarray of shape (N,), bool
+        Over the epoch's rows (id order).
+    params : dict
+    executor : concurrent.futures.Executor
+        Runs the search tasks (local threads, processes, or a Dask client's).
+    folder : str
+        Where the search writes its cells (inside the spill folder, on
+        storage every worker sees).
+
+    Returns
+    -------
+    votes : CrossClassVotes
+        Aligned with the epoch's rows (id order).
+    """
+    epoch = part.epoch
+    inputs = []
+    for c in range(epoch.num_classes):
+        spill_rows = part.class_rows[c]
+        if not spill_rows.size:
+            continue
+        order = np.argsort(spill_rows, kind="stable")
+        take = order[scored[spill_rows[order]]]
+        if not take.size:
+            continue
+        pieces = [(fpath, first, count) for _, fpath, first, count in
+                  part.class_slices(c).pieces]
+        inputs.append(ClassInput(c, spill_rows[take], pieces=pieces,
+                                 dtype=part.features_dtype, n_features=epoch.n_features,
+                                 take=take))
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _votes(epoch.labels, scored, params, inputs, n_features=epoch.n_features,
+                      dtype=part.features_dtype, folder=folder, executor=executor)
+
+
+def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executor,
+           logits=None, history=None):
+    """The votes from one cross-class neighbour search (see the module docstring)."""
+    check_cross_backend(params["method"], params["neighbors"])
+    n, num_classes = labels.size, params["num_classes"]
     act = np.flatnonzero(scored)
-    k_all = min(k, act.size - 1)
     agreement = np.full(n, np.nan)
     drop = np.zeros(n, dtype=bool)
-    if k_all < 1:
-        return CrossClassVotes(agreement, drop, max(k_all, 0), "none")
-    idx, _, used = nb.kneighbors(DenseGradients(features[act]), k_all, backend=neighbors,
-                                 random_state=random_state)
+    if act.size < 2:
+        return CrossClassVotes(agreement, drop, 0, "none")
+    found = cross_neighbors(
+        inputs, k=params["k"], n_rows=n, n_features=n_features, dtype=dtype,
+        probes="all" if params["neighbors"] == "brute" else "auto",
+        seed=params["random_state"] or 0, folder=folder, executor=executor)
+    # Voters are numbered by their position in ``act``.
+    pos = np.full(n, -1, np.int64)
+    pos[act] = np.arange(act.size)
+    idx = pos[found.indices[act]]
+    del found.indices, found.sqdist
+    lab = labels[act]
     group_drop = share = moved = None
     if params["method"] in ("groups", "trajectory"):
-        trees = _class_trees(labels[act], logits[act], features[act], k=k, neighbors=neighbors,
-                             random_state=random_state, num_classes=params["num_classes"],
-                             n_jobs=n_jobs)
-        group_drop, share = foreign_groups(labels[act], idx, trees,
-                                           num_classes=params["num_classes"],
-                                           features=np.asarray(features[act], dtype=np.float64))
+        trees = []
+        for c, (rows, own_idx, own_d2) in sorted(found.own.items()):
+            if rows.size < 3:
+                continue
+            local = np.full(n, -1, np.int64)
+            local[rows] = np.arange(rows.size)
+            ei, ej, _ = tree_edges(local[own_idx], own_d2.astype(np.float64))
+            trees.append((c, pos[rows], ei, ej))
+        found.own = None
+        group_drop, share = foreign_groups(
+            lab, idx, trees, num_classes=num_classes,
+            clump_voters=_clump_voters(found, act, executor))
         if params["method"] == "trajectory":
-            moved = _trajectory(labels[act], logits[act], history.take(act), trees)
-    agreement[act], drop[act] = deep_knn_agreement(labels[act], idx, params["num_classes"],
-                                                   ignore=group_drop)
+            moved = _trajectory(lab, logits[act], history.take(act), trees)
+    agreement[act], drop[act] = deep_knn_agreement(lab, idx, num_classes, ignore=group_drop)
     if group_drop is not None:
         agreement[act] = np.fmin(agreement[act], share)
         drop[act] |= group_drop
@@ -116,7 +210,7 @@ def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None, 
         agreement[act] = np.where(moved.drop, np.fmin(agreement[act], -moved.lift),
                                   agreement[act])
         drop[act] |= moved.drop
-    return CrossClassVotes(agreement, drop, k_all, used)
+    return CrossClassVotes(agreement, drop, found.k_all, found.method)
 
 
 def _trajectory(labels, logits, history, trees):
@@ -132,21 +226,18 @@ def _trajectory(labels, logits, history, trees):
     return res
 
 
-def _class_trees(labels, logits, features, *, k, neighbors, random_state, num_classes, n_jobs):
-    """Every class's single-linkage tree over its k-NN graph in feature space:
-    ``[(label, rows, ei, ej), ...]``, the candidate groups of ``groups``."""
-    def one(c):
-        rows = np.flatnonzero(labels == c)
-        if rows.size < 3:
-            return None
-        # Canonical order, as for EPIC: permuting the input permutes the result.
-        rows = rows[canonical_order(logits[rows], features[rows])]
-        k_c = min(k, rows.size - 1)
-        idx, d2, _ = nb.kneighbors(DenseGradients(features[rows]), k_c, backend=neighbors,
-                                   random_state=random_state)
-        return (c, rows) + tree_edges(idx, d2)[:2]
+def _clump_voters(found, act, executor):
+    """``clump_voters`` for :func:`foreign_groups`, over the search's store.
 
-    jobs = n_threads(n_jobs, num_classes)
-    with ThreadPoolExecutor(max_workers=jobs) as pool, one_blas_thread_each(jobs):
-        return [t for t in (pool.map(one, range(num_classes)) if jobs > 1
-                            else map(one, range(num_classes))) if t is not None]
+    Voters and members are positions in ``act``; the store works in row
+    numbers. Each call is one pass over the features (the clumps' centres,
+    then every class against them).
+    """
+    def voters(members, ignore, k):
+        rows = [act[m] for m in members]
+        near = nearest_to_centres_in_store(found.store, found.cells, rows, act[ignore], k,
+                                           executor=executor)
+        pos = np.full(int(act.max()) + 1, -1, np.int64)
+        pos[act] = np.arange(act.size)
+        return [pos[r] for r in near]
+    return voters

@@ -20,7 +20,7 @@ from ._validation import (check_choice, check_float_matrix, check_fraction,
                           check_int, check_labels)
 from .errors import GradscoreError
 from .gradients import GRADIENTS
-from .crossclass import cross_class_votes
+from .crossclass import check_cross_backend, cross_class_votes
 # The result types live in gradscore.result; named here too, as before.
 from .result import DROPPED, DROPPED_BEFORE, KEPT, ClassReport, ScoreResult  # noqa: F401
 from .selection import medoid_budgets
@@ -221,7 +221,7 @@ def check_params(**given):
     if unknown:
         raise TypeError(f"score() got unexpected keyword argument(s): {', '.join(unknown)}")
     p = {**SCORE_DEFAULTS, **given}
-    return dict(
+    out = dict(
         method=check_choice("method", p["method"], METHODS),
         gradient=check_choice("gradient", p["gradient"], GRADIENTS),
         fraction=check_fraction("fraction", p["fraction"], low_open=True),
@@ -242,6 +242,9 @@ def check_params(**given):
         random_state=None if p["random_state"] is None else
         check_int("random_state", p["random_state"]),
     )
+    if out["method"] in CROSS_CLASS_METHODS:
+        check_cross_backend(out["method"], out["neighbors"])
+    return out
 
 
 def check_n_jobs(n_jobs):

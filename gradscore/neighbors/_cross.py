@@ -44,6 +44,7 @@ duplicate rows lie at distance 0. In-memory, spilled and distributed runs
 therefore give the same lists.
 """
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 import os
 import pickle
@@ -381,10 +382,31 @@ class CellNeighbors:
 def search_cells(task):
     """Nearest rows of one batch of cells: each query cell against the cells it probes.
 
+    BLAS runs on one thread here (as on Dask's workers): how a product is
+    split over threads changes the last bits of its values.
+
     Returns
     -------
     result : CellNeighbors
     """
+    with one_blas_thread():
+        return _search_cells(task)
+
+
+def one_blas_thread():
+    """One BLAS thread for the caller's products, unless BLAS already has one.
+
+    Set only when needed: a process whose tasks run on several threads at
+    once (local threads, Dask workers) has one BLAS thread already.
+    """
+    from threadpoolctl import threadpool_info, threadpool_limits
+    if all(p.get("num_threads", 1) <= 1 for p in threadpool_info()
+           if p.get("user_api") == "blas"):
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _search_cells(task):
     index = _load_index(task.index)
     p = task.params
     c = task.label
@@ -508,11 +530,13 @@ class CrossNeighbors:
     own: dict
     k_all: int
     method: str
+    store: object = None
+    cells: list = None
 
 
 def cross_neighbors(inputs, *, k, n_rows, n_features, dtype="float32", probes="auto",
-                    cell_size=CELL_SIZE, cross_probes=CROSS_PROBES, seed=0, folder=None,
-                    executor=None, batch_rows=BATCH_ROWS):
+                    cell_size=None, cross_probes=None, seed=0, folder=None,
+                    executor=None, batch_rows=None):
     """Each row's ``k`` nearest rows over all classes and within its class.
 
     Parameters
@@ -531,20 +555,25 @@ def cross_neighbors(inputs, *, k, n_rows, n_features, dtype="float32", probes="a
         Cells of its own class each row is compared with; ``"all"``: exact
         search; ``"auto"``: exact when it costs at most
         :data:`EXACT_MAX_MACS` multiply-adds, else :data:`PROBES`.
-    cell_size : int, default=1024
-    cross_probes : int, default=2
+    cell_size : int, default=None
+        Rows per cell aimed at; default :data:`CELL_SIZE`.
+    cross_probes : int, default=None
+        Cells of other classes per row; default :data:`CROSS_PROBES`.
     seed : int, default=0
     folder : str, default=None
         Write cells here (a spilled or distributed run); None: in memory.
     executor : concurrent.futures.Executor, default=None
         Runs the tasks; None runs them here, one after another.
-    batch_rows : int, default=16384
-        Rows of query cells per search task.
+    batch_rows : int, default=None
+        Rows of query cells per search task; default :data:`BATCH_ROWS`.
 
     Returns
     -------
     result : CrossNeighbors
     """
+    cell_size = CELL_SIZE if cell_size is None else cell_size
+    cross_probes = CROSS_PROBES if cross_probes is None else cross_probes
+    batch_rows = BATCH_ROWS if batch_rows is None else batch_rows
     total = int(sum(inp.rows.size for inp in inputs))
     k_all = max(0, min(k, total - 1))
     if probes == "auto":
@@ -589,8 +618,11 @@ def cross_neighbors(inputs, *, k, n_rows, n_features, dtype="float32", probes="a
         order = np.argsort(rows, kind="stable")
         own[label] = (rows[order], np.concatenate([r.own_idx for r in rs])[order],
                       np.concatenate([r.own_d2 for r in rs])[order])
+    for cc in cells:
+        cc.near = None  # only the search needed them
     return CrossNeighbors(indices=indices, sqdist=sqdist, own=own, k_all=k_all,
-                          method="exact" if params.exact else "cells")
+                          method="exact" if params.exact else "cells", store=store,
+                          cells=cells)
 
 
 def _batches(bounds, batch_rows):
@@ -613,3 +645,110 @@ def _runner(executor):
         futures = [executor.submit(func, *a) for a in arglists]
         return [f.result() for f in futures]
     return run
+
+
+#: Rows a clump query reads at once.
+_READ_ROWS = 16384
+
+
+def nearest_to_centres_in_store(store, cells, members, ignored, k, *, executor=None):
+    """For each member set, the ``k`` rows nearest its centre, exactly, out of core.
+
+    Rows that are members of the set, or ``ignored``, are not candidates;
+    ties by row number. Two passes over the store: each class's task sums
+    the members it holds (:func:`class_member_sums`), then each class's task
+    measures its rows against every centre (:func:`class_nearest`).
+
+    Parameters
+    ----------
+    store : CellStore
+    cells : list of ClassCells
+    members : list of ndarray of int
+        Row numbers, one array per set (each within one class).
+    ignored : ndarray of int
+        Row numbers that are never candidates.
+    k : int
+
+    Returns
+    -------
+    voters : list of ndarray of int64
+        Row numbers, nearest first.
+    """
+    run = _runner(executor)
+    n_rows = max(int(c.rows.max()) for c in cells if c.rows.size) + 1
+    label_of = np.full(n_rows, -1, np.int64)
+    where = np.full(n_rows, -1, np.int64)
+    for cc in cells:
+        label_of[cc.rows] = cc.label
+        where[cc.rows] = np.arange(cc.rows.size)
+    sets = [np.asarray(m, dtype=np.int64) for m in members]
+    by_class = {}
+    for i, m in enumerate(sets):
+        by_class.setdefault(int(label_of[m[0]]), []).append(i)
+    jobs = [(store, cc.label, cc.rows.size, [np.sort(where[sets[i]]) for i in by_class[cc.label]])
+            for cc in cells if cc.label in by_class]
+    sums = run(class_member_sums, jobs)
+    centres = np.empty((len(sets), cells[0].centroids.shape[1] if cells else 0))
+    for (_, label, _, _), s in zip(jobs, sums):
+        centres[by_class[label]] = s
+    ignored = np.asarray(ignored, dtype=np.int64)
+    jobs = []
+    for cc in cells:
+        excl = [np.union1d(where[m[label_of[m] == cc.label]],
+                           where[ignored[label_of[ignored] == cc.label]]) for m in sets]
+        jobs.append((store, cc.label, cc.rows.size, centres, excl, k))
+    found = run(class_nearest, jobs)
+    out = []
+    for i in range(len(sets)):
+        d2 = np.concatenate([f[0][i] for f in found])
+        ids = np.concatenate([f[1][i] for f in found])
+        order = np.lexsort((ids, d2))[:k]
+        out.append(ids[order])
+    return out
+
+
+def class_member_sums(store, label, n, member_positions):
+    """Each member set's centre (float64 mean), from one class's rows in the store.
+
+    ``member_positions`` are sorted positions in the class's cell order.
+    """
+    d = store.n_features
+    sums = np.zeros((len(member_positions), d))
+    for a in range(0, n, _READ_ROWS):
+        b = min(n, a + _READ_ROWS)
+        x, _ = store.read(label, a, b)
+        for i, pos in enumerate(member_positions):
+            inside = pos[(pos >= a) & (pos < b)] - a
+            if inside.size:
+                sums[i] += x[inside].astype(np.float64).sum(axis=0)
+    counts = np.array([max(p.size, 1) for p in member_positions], dtype=np.float64)
+    return sums / counts[:, None]
+
+
+def class_nearest(store, label, n, centres, excluded, k):
+    """Each centre's ``k`` nearest rows of one class (not ``excluded``), exactly.
+
+    Returns
+    -------
+    d2 : list of ndarray
+        Per centre, squared distances (float64), ascending (ties by row).
+    ids : list of ndarray
+        Per centre, the rows' numbers.
+    """
+    best_d2 = [np.empty(0) for _ in centres]
+    best_id = [np.empty(0, np.int64) for _ in centres]
+    for a in range(0, n, _READ_ROWS):
+        b = min(n, a + _READ_ROWS)
+        x, ids = store.read(label, a, b)
+        x = x.astype(np.float64)
+        for i, c in enumerate(centres):
+            d2 = ((x - c) ** 2).sum(axis=1)
+            ex = excluded[i]
+            ex = ex[(ex >= a) & (ex < b)] - a
+            d2[ex] = np.inf
+            keep = np.isfinite(d2)
+            cand_d2 = np.concatenate([best_d2[i], d2[keep]])
+            cand_id = np.concatenate([best_id[i], ids[keep]])
+            order = np.lexsort((cand_id, cand_d2))[:k]
+            best_d2[i], best_id[i] = cand_d2[order], cand_id[order]
+    return best_d2, best_id

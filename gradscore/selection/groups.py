@@ -233,8 +233,8 @@ def _replay_merges(ei, ej, rows, loc, labels, ignore, nbr_idx, rev_ptr, rev_src,
 
 
 def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_classes,
-                 features=None, ignore=None, rev=None, max_group_fraction=MAX_GROUP_FRACTION,
-                 max_size=None):
+                 features=None, clump_voters=None, ignore=None, rev=None,
+                 max_group_fraction=MAX_GROUP_FRACTION, max_size=None):
     """Groups of one class judged by the labels around them (one pass).
 
     Parameters
@@ -257,7 +257,12 @@ def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_cla
         Every voter's features. A group with no k-NN edge leaving it (a
         clump of more than k near-identical rows) is then judged by the k
         voters nearest its centre that are not members; without features
-        such a clump is kept.
+        (or ``clump_voters``) such a clump is kept.
+    clump_voters : callable, default=None
+        Instead of ``features``: ``clump_voters(members, ignore, k)`` takes a
+        list of member-row arrays and returns, for each, the rows of the
+        ``k`` voters nearest the members' centre that are neither members
+        nor ``ignore``d (see :func:`nearest_to_centres`).
     ignore : ndarray of shape (N,), bool, default=None
         Voters whose votes do not count.
     rev : tuple of ndarray, default=None
@@ -272,6 +277,22 @@ def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_cla
     result : GroupsResult
         Arrays follow ``class_rows``.
     """
+    if clump_voters is None and features is not None:
+        clump_voters = in_memory_clump_voters(features)
+    res, clumps = _judge_tree(class_rows, labels, label, nbr_idx, knn_idx, knn_d2,
+                              num_classes=num_classes, ignore=ignore, rev=rev,
+                              max_group_fraction=max_group_fraction, max_size=max_size)
+    if clumps and clump_voters is not None:
+        ignore = np.zeros(labels.size, dtype=bool) if ignore is None else ignore
+        near = clump_voters([class_rows[m] for m in clumps], ignore, nbr_idx.shape[1])
+        _judge_clumps(res, clumps, near, labels, label, num_classes)
+    return res
+
+
+def _judge_tree(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_classes,
+                ignore=None, rev=None, max_group_fraction=MAX_GROUP_FRACTION, max_size=None):
+    """:func:`judge_groups` without the clumps no edge leaves: ``(result, clumps)``,
+    ``clumps`` a list of member positions (in ``class_rows``), one per clump."""
     n = class_rows.size
     if max_size is None:
         max_size = int(np.floor(max_group_fraction * n))
@@ -289,28 +310,60 @@ def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_cla
         ei, ej, class_rows, loc, np.asarray(labels, dtype=np.int64), ignore,
         np.ascontiguousarray(nbr_idx, dtype=np.int64), rev_ptr, rev_src, int(label),
         int(max_size), int(num_classes))
-    if features is not None:
-        k = nbr_idx.shape[1]
-        for t in np.unique(isolated[isolated >= 0]):
-            mem = class_rows[isolated == t]
-            n_judged += 1
-            centre = features[mem].mean(axis=0)
-            d2 = np.einsum("ij,ij->i", features, features) - 2.0 * (features @ centre)
-            d2[mem] = np.inf
-            d2[ignore] = np.inf
-            kk = min(k, int(np.isfinite(d2).sum()))
-            if kk == 0:
-                continue
-            near = np.argpartition(d2, kk - 1)[:kk]
-            votes = np.bincount(labels[near], minlength=num_classes)
-            own = votes[label]
-            votes[label] = -1
-            if own < votes.max():
-                n_foreign += 1
-                rows = isolated == t
-                drop[rows] = True
-                share[rows] = np.fmin(share[rows], own / kk)
-    return GroupsResult(drop, share, int(n_judged), int(n_foreign))
+    clumps = [np.flatnonzero(isolated == t) for t in np.unique(isolated[isolated >= 0])]
+    return GroupsResult(drop, share, int(n_judged), int(n_foreign)), clumps
+
+
+def _judge_clumps(res, clumps, near, labels, label, num_classes):
+    """Judge each clump by the labels of the voters nearest its centre (in place)."""
+    for mem, voters in zip(clumps, near):
+        res.n_judged += 1
+        kk = voters.size
+        if kk == 0:
+            continue
+        votes = np.bincount(labels[voters], minlength=num_classes)
+        own = votes[label]
+        votes[label] = -1
+        if own < votes.max():
+            res.n_foreign += 1
+            res.drop[mem] = True
+            res.own_share[mem] = np.fmin(res.own_share[mem], own / kk)
+
+
+def in_memory_clump_voters(features):
+    """``clump_voters`` for :func:`judge_groups` over features held in memory."""
+    def voters(members, ignore, k):
+        return nearest_to_centres(features, members, ignore, k)
+    return voters
+
+
+def nearest_to_centres(features, members, ignore, k):
+    """For each member set, the ``k`` rows nearest its centre that are neither
+    members nor ``ignore``d (ties by row number), nearest first.
+
+    Parameters
+    ----------
+    features : ndarray of shape (N, d)
+    members : list of ndarray of int
+    ignore : ndarray of shape (N,), bool
+    k : int
+
+    Returns
+    -------
+    voters : list of ndarray of int64
+    """
+    out = []
+    x = np.asarray(features, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", x, x)
+    for mem in members:
+        centre = x[mem].mean(axis=0)
+        d2 = sq - 2.0 * (x @ centre)
+        d2[mem] = np.inf
+        d2[ignore] = np.inf
+        kk = min(k, int(np.isfinite(d2).sum()))
+        order = np.lexsort((np.arange(d2.size), d2))[:kk]
+        out.append(order.astype(np.int64))
+    return out
 
 
 #: Passes of :func:`foreign_groups` at most, and how far above the most
@@ -318,7 +371,7 @@ def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_cla
 MAX_PASSES, ACCEPT_MARGIN = 6, 0.05
 
 
-def foreign_groups(labels, nbr_idx, trees, *, num_classes, features=None,
+def foreign_groups(labels, nbr_idx, trees, *, num_classes, features=None, clump_voters=None,
                    max_group_fraction=MAX_GROUP_FRACTION, max_passes=MAX_PASSES,
                    accept_margin=ACCEPT_MARGIN):
     """Foreign groups over every class, most foreign first.
@@ -346,6 +399,9 @@ def foreign_groups(labels, nbr_idx, trees, *, num_classes, features=None,
         (:func:`tree_edges`, positions in ``rows``).
     features : ndarray of shape (N, d), default=None
         For groups no k-NN edge leaves (see :func:`judge_groups`).
+    clump_voters : callable, default=None
+        Instead of ``features`` (see :func:`judge_groups`); called once per
+        pass with the clumps of every class.
 
     Returns
     -------
@@ -355,18 +411,30 @@ def foreign_groups(labels, nbr_idx, trees, *, num_classes, features=None,
         group holding them; NaN elsewhere.
     """
     n = labels.size
+    if clump_voters is None and features is not None:
+        clump_voters = in_memory_clump_voters(features)
     rev = reverse_graph(nbr_idx)
     accepted = np.zeros(n, dtype=bool)
     share = np.full(n, np.nan)
     for _ in range(max_passes):
         drop = np.zeros(n, dtype=bool)
         pass_share = np.full(n, np.nan)
+        judged = []
         for c, rows, ei, ej in trees:
             remaining = rows.size - int(accepted[rows].sum())
-            res = judge_groups(rows, labels, c, nbr_idx, (ei, ej), None,
-                               num_classes=num_classes, features=features,
-                               ignore=accepted, rev=rev,
-                               max_size=int(np.floor(max_group_fraction * remaining)))
+            res, clumps = _judge_tree(rows, labels, c, nbr_idx, (ei, ej), None,
+                                      num_classes=num_classes, ignore=accepted, rev=rev,
+                                      max_size=int(np.floor(max_group_fraction * remaining)))
+            judged.append((c, rows, res, clumps))
+        # Every class's clumps in one query (one pass over the features out of core).
+        every = [rows[m] for _, rows, _, clumps in judged for m in clumps]
+        near = clump_voters(every, accepted, nbr_idx.shape[1]) \
+            if every and clump_voters is not None else []
+        at = 0
+        for c, rows, res, clumps in judged:
+            if clump_voters is not None and clumps:
+                _judge_clumps(res, clumps, near[at:at + len(clumps)], labels, c, num_classes)
+                at += len(clumps)
             drop[rows] = res.drop
             pass_share[rows] = res.own_share
         new = drop & ~accepted
