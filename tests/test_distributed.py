@@ -153,3 +153,22 @@ def test_a_worker_killed_mid_run_is_survived_with_the_same_keep_list(tmp_path, c
         raise box["error"]
     assert victim not in client.scheduler_info()["workers"]  # it really died
     assert (tmp_path / "dask.txt").read_bytes() == local.read_bytes()
+
+
+@pytest.mark.parametrize("method", ["groups", "deep-knn"])
+def test_cross_class_methods_on_the_cluster_match_in_memory(tmp_path, client, method,
+                                                           monkeypatch):
+    # Over small k-means cells, so that the approximate search's tasks run
+    # on the workers too (the exact search is the same tasks with every cell).
+    import gradscore.neighbors._cross as cross
+    from test_crossclass_scale import blob_shards
+
+    monkeypatch.setattr(cross, "EXACT_MAX_MACS", 0)
+    monkeypatch.setattr(cross, "CELL_SIZE", 64)
+    paths, _, _ = blob_shards(tmp_path, dtype=np.float16)
+    local, remote = tmp_path / "local.keep.json", tmp_path / "dask.keep.json"
+    a, _, _ = gradscore.score_files(paths, output=local, spill="never", method=method)
+    b, _, _ = gradscore.score_files(paths, output=remote, client=client, method=method)
+    assert local.read_bytes() == remote.read_bytes()
+    assert a.classes[0].neighbors == b.classes[0].neighbors == "cells"
+    assert (~a.keep).sum() > 0
