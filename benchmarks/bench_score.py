@@ -37,6 +37,15 @@ CONFIGS = {
                           "before issue 10: the whole export in memory"),
     "million-spill": (1_000_000, 10, 512, "float16", ["--spill", "always"],
                       "the spill where it is not needed"),
+    # Issue 20: the methods that look across classes, at scale.
+    "s120k-groups": (120_000, 10, 512, "float16", ["--method", "groups"], "report"),
+    "s120k-deepknn": (120_000, 10, 512, "float16", ["--method", "deep-knn"], "report"),
+    "million-groups": (1_000_000, 10, 512, "float16", ["--method", "groups"],
+                       "<= 60 s, <= 2 GiB (issue 20)"),
+    "million-deepknn": (1_000_000, 10, 512, "float16", ["--method", "deep-knn"], "report"),
+    "wide-groups": (1_000_000, 10, 2048, "float16", ["--method", "groups"],
+                    "<= 4 GiB (issue 20)"),
+    "wide-deepknn": (1_000_000, 10, 2048, "float16", ["--method", "deep-knn"], "report"),
 }
 SCALING = [(62_500, "float32"), (125_000, "float32"), (250_000, "float16"),
            (500_000, "float16"), (1_000_000, "float16")]

@@ -67,7 +67,8 @@ def main():
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True,
               help="Label smoothing used in training (changes the gradient's target).")
 @click.option("--neighbors", type=click.Choice(nb.backend_names()), default="auto",
-              show_default=True, help="Neighbour search backend.")
+              show_default=True,
+              help="Neighbour search backend (deep-knn and groups: auto or brute).")
 @click.option("--dense-max", type=int, default=DENSE_MAX, show_default=True,
               help="epic: classes up to this size keep the n x n kernel matrix "
                    "(faster, 8 n^2 bytes); larger ones recompute its values. Speed and "

@@ -102,7 +102,10 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
     label_smoothing : float, default=0.0
         Label smoothing used in training; it changes the gradient's target.
     neighbors : str, default="auto"
-        Neighbour backend (see :mod:`gradscore.neighbors`).
+        Neighbour backend (see :mod:`gradscore.neighbors`). ``deep-knn``
+        and ``groups`` search over all classes with their own search
+        (:mod:`gradscore.crossclass`) and take ``"auto"`` (exact when cheap,
+        else over k-means cells) or ``"brute"`` (always exact).
     dense_max : int, default=6000
         EPIC keeps the n x n kernel matrix (8 n^2 bytes, faster) for
         classes up to this size and recomputes its values above it. The

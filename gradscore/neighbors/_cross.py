@@ -58,9 +58,9 @@ from ._cells import (kmeans, nearest_centroids, cell_means, row_hashes, rownorms
 #: Rows per cell the k-means aims at.
 CELL_SIZE = 1024
 #: Nearest cells of a row's own class it is compared with (its own included).
-PROBES = 3
+PROBES = 2
 #: Nearest cells of other classes it is compared with.
-CROSS_PROBES = 2
+CROSS_PROBES = 1
 #: Coarse groups (of centroids) a row looks into for those cells.
 SUPER_PROBES = 3
 #: ``probes="auto"`` searches exactly when that costs at most this many
