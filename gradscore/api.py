@@ -7,6 +7,7 @@ benchmarks call it too, so every user goes through the same code path.
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -280,7 +281,7 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
             # One worker has compiled the kernels (and written numba's cache).
             warm.result()
         outcomes = _in_order([
-            executor.submit(score_spilled_class, part.class_slices(c), act,
+            executor.submit(score_spilled_class, _task_slices(part, c, votes), act,
                             None if budgets is None else int(budgets[c]), params,
                             None if votes is None else votes.take(part.class_rows[c]))
             for c, act in zip(present, actives)])
@@ -290,6 +291,13 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result, epoch
+
+
+def _task_slices(part, c, votes):
+    """Class ``c``'s slices for its task; without features when the votes
+    (computed from them already) are all the task needs."""
+    slices = part.class_slices(c)
+    return slices if votes is None else dataclasses.replace(slices, features_dtype=None)
 
 
 def _map(executor, func, items, *, remote):
