@@ -20,6 +20,7 @@ its class and of other classes), ``faiss-flat`` (IndexFlatL2, exact),
 are not gradscore dependencies: ``pip install faiss-cpu hnswlib``.
 
     python benchmarks/bench_cross_knn.py --n 100000 --features 512 --write-docs
+    python benchmarks/bench_cross_knn.py --blas-rate   # float32 BLAS GFLOP/s, one thread
 """
 
 import argparse
@@ -143,6 +144,24 @@ def decisions(y, idx, own_idx, own_d2, x):
     return deep, group | deep2
 
 
+def blas_rate(m=4096, n=8192, d=512, repeat=5):
+    """GFLOP/s of a float32 (m x d) @ (d x n) product on one BLAS thread (median of ``repeat``)."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, d)).astype(np.float32)
+    b = rng.standard_normal((n, d)).astype(np.float32)
+    times = []
+    with threadpool_limits(1, "blas"):
+        a @ b.T
+        for _ in range(repeat):
+            t = time.perf_counter()
+            a @ b.T
+            times.append(time.perf_counter() - t)
+    rate = 2 * m * n * d / np.median(times) / 1e9
+    print(f"float32 BLAS, one thread: {rate:.1f} GFLOP/s (load avg {os.getloadavg()[0]:.1f})")
+    return rate
+
+
 def jaccard(a, b):
     u = (a | b).sum()
     return 1.0 if u == 0 else (a & b).sum() / u
@@ -169,7 +188,11 @@ def main():
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--blas-rate", action="store_true",
+                    help="print one thread's float32 BLAS rate (what an exact search costs)")
     a = ap.parse_args()
+    if a.blas_rate:
+        return blas_rate()
     if a.child:
         return child(a.child, a.n, a.features, a.out)
     import bench_score
