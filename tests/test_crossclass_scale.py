@@ -150,3 +150,18 @@ def test_spilled_and_in_memory_runs_write_the_same_keep_list(tmp_path, method, s
         poison = is_p[np.argsort(ids)]
         assert (~res[0].keep)[poison].all()
         assert (~res[0].keep)[~poison].mean() <= 0.01
+
+
+def test_tiny_classes_beside_cells_get_full_lists(monkeypatch):
+    # Classes of 1 and 4 rows next to large ones: a row's probes can hold
+    # fewer than k rows, and those cells are searched again, exactly.
+    x, y = _data(n=1200, d=4, c=2, seed=4)
+    y[:1], y[1:5] = 2, 3
+    x[:5] += 50.0          # together, far from the others: each other's nearest cells
+    all_idx, own, d = _brute(x, y, 12)
+    r = _search(x, y, 12, probes=1, cross_probes=1, cell_size=64)
+    assert r.method == "cells" and (r.indices >= 0).all()
+    for c in (2, 3):
+        rows = np.flatnonzero(y == c)
+        _same_up_to_ties(r.indices[rows], all_idx[rows], d[rows])
+    assert r.own[2][1].shape == (1, 0) and (r.own[3][1] >= 0).all()

@@ -421,8 +421,9 @@ def _search_cells(task):
     all_idx = np.full((n, task.k_all), -1, np.int64)
     own_d2 = np.full((n, task.k_own), np.inf, np.float32)
     own_idx = np.full((n, task.k_own), -1, np.int64)
-    all_thr = np.full(n, np.inf, np.float32)
-    own_thr = np.full(n, np.inf, np.float32)
+    # A list of length 0 takes nothing: its threshold is below every distance.
+    all_thr = np.full(n, np.inf if task.k_all else -np.inf, np.float32)
+    own_thr = np.full(n, np.inf if task.k_own else -np.inf, np.float32)
     if task.k_all == 0:
         return CellNeighbors(ids, all_idx, all_d2, own_idx, own_d2)
     # probe[i, j]: global cell numbers row i is compared with.
@@ -605,24 +606,45 @@ def cross_neighbors(inputs, *, k, n_rows, n_features, dtype="float32", probes="a
                                     near=cc.near[a:b], index=index_ref, store=store,
                                     params=params, k_all=k_all, k_own=k_own))
     found = run(search_cells, [(t,) for t in tasks])
+    if not params.exact:
+        # Cells whose probes held fewer than k rows for some row (tiny
+        # classes around it) are searched again against every cell.
+        short = [(t, q) for t, res in zip(tasks, found)
+                 for q in _short_cells(t, res, cells)]
+        exact = CellParams(**{**params.__dict__, "probes": "all"})
+        redo = [SearchTask(label=t.label, first_cell=q, stop_cell=q + 1, near=None,
+                           index=index_ref, store=store, params=exact, k_all=k_all,
+                           k_own=t.k_own) for t, q in short]
+        tasks, found = tasks + redo, found + run(search_cells, [(t,) for t in redo])
     indices = np.full((n_rows, k_all), -1, np.int64)
     sqdist = np.full((n_rows, k_all), np.inf, np.float32)
     own = {}
-    parts = {}
+    for cc in cells:
+        k_own = max(0, min(k, cc.rows.size - 1))
+        own[cc.label] = (np.sort(cc.rows), np.full((cc.rows.size, k_own), -1, np.int64),
+                         np.full((cc.rows.size, k_own), np.inf, np.float32))
+    # In task order: a cell searched again overwrites its first lists.
     for t, res in zip(tasks, found):
         indices[res.rows] = res.all_idx
         sqdist[res.rows] = res.all_d2
-        parts.setdefault(t.label, []).append(res)
-    for label, rs in parts.items():
-        rows = np.concatenate([r.rows for r in rs])
-        order = np.argsort(rows, kind="stable")
-        own[label] = (rows[order], np.concatenate([r.own_idx for r in rs])[order],
-                      np.concatenate([r.own_d2 for r in rs])[order])
+        rows, own_idx, own_d2 = own[t.label]
+        at = np.searchsorted(rows, res.rows)
+        own_idx[at], own_d2[at] = res.own_idx, res.own_d2
     for cc in cells:
         cc.near = None  # only the search needed them
     return CrossNeighbors(indices=indices, sqdist=sqdist, own=own, k_all=k_all,
                           method="exact" if params.exact else "cells", store=store,
                           cells=cells)
+
+
+def _short_cells(task, res, cells):
+    """Cells (of ``task``'s batch) holding a row whose lists came out short."""
+    bad = (res.all_idx < 0).any(axis=1) | (res.own_idx < 0).any(axis=1)
+    if not bad.any():
+        return []
+    b = next(c.bounds for c in cells if c.label == task.label)
+    at = np.searchsorted(b, b[task.first_cell] + np.flatnonzero(bad), side="right") - 1
+    return [int(q) for q in np.unique(at)]
 
 
 def _batches(bounds, batch_rows):
