@@ -172,7 +172,10 @@ def run(backend, n, d, out_dir):
     load = os.getloadavg()[0]
     cmd = ["/usr/bin/time", "-f", "%e %M %U %S", sys.executable, __file__, "--child", backend,
            "--n", str(n), "--features", str(d), "--out", out]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # OpenMP threads (faiss) sleep instead of spinning while they wait: on a
+    # shared machine spinning threads stall each other for minutes.
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         return dict(backend=backend, error=proc.stderr.strip().splitlines()[-1])
     wall, rss, user, system = proc.stderr.strip().splitlines()[-1].split()
