@@ -37,7 +37,7 @@ Determinism
 -----------
 Cells depend only on the class's rows in row-number order and on
 ``SeedSequence([seed, label])``. Each distance is computed in a BLAS
-product over one query cell and one probed cell, both centred on the query
+product over one query cell and one probed cell, both centred on the probed
 cell's centroid, so its value depends on those two cells, not on how tasks
 batch them or which worker runs them. Ties are broken by row number; exact
 duplicate rows lie at distance 0. In-memory, spilled and distributed runs
@@ -447,7 +447,6 @@ def _search_cells(task):
         g_of, who = pairs // n, pairs % n
         visit, first = np.unique(g_of, return_index=True)
         ptr = np.append(first, g_of.size)
-    q_centre = index.centroids[base + q_cells]
     hq = row_hashes(np.ascontiguousarray(x))
     for t, g in enumerate(visit):
         lab = int(index.cell_label[g])
@@ -457,15 +456,20 @@ def _search_cells(task):
         if y.shape[0] == 0:
             continue
         hy = row_hashes(y)
+        # Both sides centred on the probed cell's centroid (smaller norms,
+        # smaller rounding), once per cell.
+        mu = index.centroids[g]
+        yc = y - mu
+        sq_y = rownorms(yc)
         rows_g = np.arange(n) if ptr is None else who[ptr[t]:ptr[t + 1]]
         qcell = local[rows_g]
         cuts = np.flatnonzero(np.diff(qcell)) + 1
+        # One product per (query cell, probed cell): its shape, so its bits,
+        # do not depend on how cells were batched into tasks.
         for sel in np.split(rows_g, cuts):
-            mu = q_centre[local[sel[0]]]
             xq = x[sel] - mu
-            yc = y - mu
             gram = xq @ yc.T
-            scan_block(gram, xq, yc, rownorms(xq), rownorms(yc), sel, ids[sel], yid,
+            scan_block(gram, xq, yc, rownorms(xq), sq_y, sel, ids[sel], yid,
                        hq[sel], hy, lab == c, all_d2, all_idx, all_thr,
                        own_d2, own_idx, own_thr)
     return CellNeighbors(ids, all_idx, all_d2, own_idx, own_d2)
