@@ -211,7 +211,7 @@ def main():
         rows.append(r)
         if "error" in r:
             continue
-        z = np.load(r["out"])
+        z = dict(np.load(r["out"]))  # read once (NpzFile reads on every access)
         if b == "exact":
             ref = z
             x = x16.astype(np.float32)
@@ -219,7 +219,7 @@ def main():
         hit = np.mean([np.isin(ref["idx"][i], z["idx"][i]).mean()
                        for i in range(0, a.n, max(1, a.n // 20000))])
         r["recall"] = hit
-        if "own_idx" in z.files:
+        if "own_idx" in z:
             dec = decisions(y, z["idx"], z["own_idx"], z["own_d2"], x)
             r["jaccard_deep"] = jaccard(dec[0], ref_dec[0])
             r["jaccard_groups"] = jaccard(dec[1], ref_dec[1])
