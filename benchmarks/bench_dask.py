@@ -67,20 +67,25 @@ def cold(paths, a):
     for _ in range(a.repeat):
         for warm in (True, False):
             gd.WARM_UP = warm
-            with tempfile.TemporaryDirectory() as cache, \
-                    distributed.LocalCluster(host="127.0.0.1", processes=True, n_workers=2,
-                                             threads_per_worker=1, dashboard_address=None,
-                                             worker_dashboard_address=None,
-                                             env={"NUMBA_CACHE_DIR": cache}) as lc, \
-                    distributed.Client(lc, set_as_default=False) as client:
-                client.wait_for_workers(2, timeout=120)
-                pids = list(client.run(os.getpid).values())
-                cpu0 = sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
-                wall, _ = timed(paths, os.path.join(out_dir, "dask-cold.keep.txt"),
-                                client=client)
-                cpus[warm].append(sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
-                                  - cpu0)
-                walls[warm].append(wall)
+            with tempfile.TemporaryDirectory() as cache:
+                # Worker processes inherit this (LocalCluster's env= did not
+                # reach numba in them once this process had imported it).
+                os.environ["NUMBA_CACHE_DIR"] = cache
+                lc = distributed.LocalCluster(host="127.0.0.1", processes=True, n_workers=2,
+                                              threads_per_worker=1, dashboard_address=None,
+                                              worker_dashboard_address=None)
+                del os.environ["NUMBA_CACHE_DIR"]
+                with lc, distributed.Client(lc, set_as_default=False) as client:
+                    client.wait_for_workers(2, timeout=120)
+                    pids = list(client.run(os.getpid).values())
+                    cpu0 = sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+                    wall, _ = timed(paths, os.path.join(out_dir, "dask-cold.keep.txt"),
+                                    client=client)
+                    cpus[warm].append(sum(sum(psutil.Process(p).cpu_times()[:2])
+                                          for p in pids) - cpu0)
+                    walls[warm].append(wall)
+                    if not os.listdir(cache):
+                        raise RuntimeError("the workers did not use the new numba cache")
             print(f"warm-up={warm}: {wall:.1f} s", file=sys.stderr)
     gd.WARM_UP = True
     lines = ["| first worker warmed | wall (median) | workers' CPU (median) | runs |",
