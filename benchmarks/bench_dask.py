@@ -9,6 +9,11 @@ gather, keep-list), not the cluster's start.
 
     python benchmarks/bench_dask.py --n 10000000 --classes 100 --shards 8 --write-docs
 
+``--method`` scores with another method (``groups`` and ``deep-knn`` need
+``--features``); its table goes to its own section of the docs:
+
+    python benchmarks/bench_dask.py --n 120000 --classes 10 --features 512 --shards 4 --workers 2 --method groups --write-docs
+
 ``--cold`` instead measures what warming the first worker saves on workers
 that start with an empty numba cache (a fresh installation): a new
 2-worker cluster whose workers share a new, empty ``NUMBA_CACHE_DIR`` scores
@@ -112,6 +117,7 @@ def main():
     ap.add_argument("--cold", action="store_true",
                     help="measure warm-up on cold workers instead (see the docstring)")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--method", default="epic", help="scoring method (not with --cold)")
     ap.add_argument("--write-docs", action="store_true")
     a = ap.parse_args()
     import distributed
@@ -125,7 +131,7 @@ def main():
     rows = []
     ref = os.path.join(out_dir, "dask-ref.keep.txt")
     print("local threads ...", file=sys.stderr)
-    wall, load = timed(paths, ref, spill="always")
+    wall, load = timed(paths, ref, spill="always", method=a.method)
     rows.append(("local threads (n_jobs=-1), spill", wall, load, "reference"))
     ref_bytes = open(ref, "rb").read()
     for w in a.workers:
@@ -136,7 +142,7 @@ def main():
                 distributed.Client(lc, set_as_default=False) as client:
             client.wait_for_workers(w, timeout=120)
             out = os.path.join(out_dir, f"dask-{w}.keep.txt")
-            wall, load = timed(paths, out, client=client)
+            wall, load = timed(paths, out, client=client, method=a.method)
         same = open(out, "rb").read() == ref_bytes
         rows.append((f"Dask LocalCluster, {w} worker process(es) x 1 thread", wall, load,
                      "identical" if same else "DIFFERENT"))
@@ -145,8 +151,9 @@ def main():
         lines.append(f"| {name} | {wall:.1f} s | {load:.1f} | {same} |")
     bench_score.publish(
         f"Export: {a.n:,} rows x {a.classes} classes, {a.features or 'no'} features, "
-        f"{a.dtype}, in {a.shards} shards. Default method (epic, logits gradient). 'load "
-        "avg': 1-minute load average before the row ran.", lines, key="bench_dask",
+        f"{a.dtype}, in {a.shards} shards. Method: {a.method}. 'load avg': 1-minute load "
+        "average before the row ran.", lines,
+        key="bench_dask" if a.method == "epic" else f"bench_dask_{a.method}",
         write=a.write_docs)
 
 if __name__ == "__main__":
