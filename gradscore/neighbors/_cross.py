@@ -754,6 +754,11 @@ def class_member_sums(store, label, n, member_positions):
 def class_nearest(store, label, n, centres, excluded, k):
     """Each centre's ``k`` nearest rows of one class (not ``excluded``), exactly.
 
+    One BLAS product per block of rows gives every centre's distances up to
+    rounding; the rows within rounding of each centre's ``k``-th smallest
+    are then measured exactly (float64, elementwise), so the answer is the
+    exact one, ties by row number, whatever the number of centres.
+
     Returns
     -------
     d2 : list of ndarray
@@ -761,20 +766,38 @@ def class_nearest(store, label, n, centres, excluded, k):
     ids : list of ndarray
         Per centre, the rows' numbers.
     """
+    centres = np.asarray(centres, dtype=np.float64)
+    c_sq = np.einsum("ij,ij->i", centres, centres)
     best_d2 = [np.empty(0) for _ in centres]
     best_id = [np.empty(0, np.int64) for _ in centres]
     for a in range(0, n, _READ_ROWS):
         b = min(n, a + _READ_ROWS)
         x, ids = store.read(label, a, b)
         x = x.astype(np.float64)
+        x_sq = np.einsum("ij,ij->i", x, x)
+        approx = x_sq[:, None] - 2.0 * (x @ centres.T)
+        approx += c_sq
+        # Far more than the expansion's rounding error (about d * 2^-52 of
+        # |x|^2 + |c|^2), so no row of the exact k nearest is left out.
+        slack = 1e-9 * (x_sq.max() + c_sq)
         for i, c in enumerate(centres):
-            d2 = ((x - c) ** 2).sum(axis=1)
+            col = approx[:, i]
             ex = excluded[i]
             ex = ex[(ex >= a) & (ex < b)] - a
-            d2[ex] = np.inf
-            keep = np.isfinite(d2)
-            cand_d2 = np.concatenate([best_d2[i], d2[keep]])
-            cand_id = np.concatenate([best_id[i], ids[keep]])
+            if ex.size:
+                col = col.copy()
+                col[ex] = np.inf
+            m = min(k, col.size) - 1
+            if m < 0:
+                continue
+            kth = np.partition(col, m)[m]
+            if not np.isfinite(kth):
+                cand = np.flatnonzero(np.isfinite(col))
+            else:
+                cand = np.flatnonzero(col <= kth + 2 * slack[i])
+            d2 = ((x[cand] - c) ** 2).sum(axis=1)
+            cand_d2 = np.concatenate([best_d2[i], d2])
+            cand_id = np.concatenate([best_id[i], ids[cand]])
             order = np.lexsort((cand_id, cand_d2))[:k]
             best_d2[i], best_id[i] = cand_d2[order], cand_id[order]
     return best_d2, best_id
