@@ -37,6 +37,10 @@ class EpochWriter:
     dtype : numpy dtype, default=numpy.float32
         Storage dtype of logits and features (float16 halves the file).
     chunk_rows : int, default=4096
+    attrs : dict, default=None
+        Extra root attributes to store (name to str, number or list of
+        str), e.g. ``{"class_names": [...]}``; the schema's own names are
+        refused.
 
     Examples
     --------
@@ -48,7 +52,13 @@ class EpochWriter:
     """
 
     def __init__(self, path, *, num_classes=None, n_features=None, n_rows=None,
-                 id_kind=None, epoch=None, dtype=np.float32, chunk_rows=4096):
+                 id_kind=None, epoch=None, dtype=np.float32, chunk_rows=4096, attrs=None):
+        attrs = dict(attrs or {})
+        clash = sorted(set(attrs) & {S.ATTR_SCHEMA, S.ATTR_NUM_CLASSES, S.ATTR_EPOCH})
+        if clash:
+            raise GradscoreError(f"'attrs' may not set the schema's own attributes "
+                                 f"({', '.join(clash)})")
+        self.attrs = attrs
         if id_kind not in (None, "int", "str"):
             raise GradscoreError(f"'id_kind' must be 'int', 'str' or None; got {id_kind!r}")
         self.path = os.fspath(path)
@@ -80,6 +90,10 @@ class EpochWriter:
         self._f.attrs[S.ATTR_NUM_CLASSES] = self.num_classes
         if self.epoch is not None:
             self._f.attrs[S.ATTR_EPOCH] = int(self.epoch)
+        for name, value in self.attrs.items():
+            if isinstance(value, (list, tuple)):
+                value = np.array([str(v) for v in value], dtype=h5py.string_dtype("utf-8"))
+            self._f.attrs[name] = value
         n_rows = self.n_rows
         rows = n_rows if n_rows is not None else 0
         chunk = max(1, min(self.chunk_rows, n_rows or self.chunk_rows))

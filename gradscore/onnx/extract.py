@@ -11,7 +11,6 @@ layer, found by :func:`gradscore.onnx.graph.find_features` or named, and
 exposed as an extra output of an in-memory copy of the model.
 """
 
-import logging
 import os
 
 import h5py
@@ -21,10 +20,7 @@ from .._progress import progress_bar
 from .._validation import check_int, format_rows
 from ..errors import GradscoreError
 from ..io import EpochWriter
-from . import graph as G
-from .providers import make_session
-
-logger = logging.getLogger(__name__)
+from .encoder import Encoder
 
 INPUTS, LABELS, IDS = "inputs", "labels", "ids"
 DATA_FORMATS = (".h5", ".hdf5", ".npz")
@@ -174,19 +170,6 @@ def _check_shape(dims, data_shape, input_name, model_path, data_path):
             f"{want} versus {got}. Reshape the inputs to the model's layout")
 
 
-def _check_output(name, arr, n_rows, row_offset, what):
-    if arr.ndim != 2 or arr.shape[0] != n_rows:
-        raise GradscoreError(f"model output {name!r} ({what}) must have shape "
-                             f"({n_rows}, n) for a batch of {n_rows} rows; got {arr.shape}")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1)) + row_offset
-        kind = "NaN" if np.isnan(arr).any() else "Inf"
-        raise GradscoreError(f"model output {name!r} ({what}) contains {kind} in "
-                             f"{format_rows(rows)} of the dataset (in the batch of rows "
-                             f"{row_offset}..{row_offset + n_rows - 1}; later rows not run)")
-
-
 def extract(model_path, data_path, output, *, logits_output=None, features_output=None,
             features=True, batch_size=256, device="auto", epoch=None, dtype=np.float32,
             progress=False):
@@ -234,33 +217,20 @@ def extract(model_path, data_path, output, *, logits_output=None, features_outpu
     model_path, data_path, output = map(os.fspath, (model_path, data_path, output))
     if os.path.abspath(output) in (os.path.abspath(model_path), os.path.abspath(data_path)):
         raise GradscoreError(f"{output}: output would overwrite an input file")
-    model = G.load_model(model_path)
-    logits_name = G.choose_logits(model, logits_output, path=model_path)
-    feat_name = None
-    if features:
-        feat_name = features_output or G.find_features(model, logits_name, path=model_path)
-        if feat_name == logits_name:
-            raise GradscoreError(f"'features_output' {feat_name!r} is the logits output")
-    input_name, dims, in_dtype = G.input_spec(model, path=model_path)
+    enc = Encoder(model_path, logits_output=logits_output, features_output=features_output,
+                  features=features, device=device)
     data = _Data(data_path)
     try:
-        _check_shape(dims, data.inputs.shape, input_name, model_path, data_path)
-        names = [logits_name] + ([feat_name] if feat_name else [])
-        run_model = G.with_outputs(model, names)
-        sess, info = make_session(run_model.SerializeToString(), device)
-        logger.info("extract: onnxruntime on %s (%s)", info["device"], info["reason"])
-        info.update(output=output, n=int(data.n), logits_output=logits_name,
-                    features_output=feat_name, input_name=input_name,
+        _check_shape(enc.dims, data.inputs.shape, enc.input_name, model_path, data_path)
+        info = dict(enc.info, output=output, n=int(data.n),
                     input_shape=tuple(int(s) for s in data.inputs.shape[1:]))
-        _run(sess, data, output, names, input_name, in_dtype, batch_size, epoch, dtype,
-             progress, info)
+        _run(enc, data, output, batch_size, epoch, dtype, progress, info)
     finally:
         data.close()
     return info
 
 
-def _run(sess, data, output, names, input_name, in_dtype, batch_size, epoch, dtype,
-         progress, info):
+def _run(enc, data, output, batch_size, epoch, dtype, progress, info):
     n = data.n
     # The writer takes its layout from the first batch and publishes the file
     # only if every batch went through.
@@ -268,22 +238,7 @@ def _run(sess, data, output, names, input_name, in_dtype, batch_size, epoch, dty
             EpochWriter(output, n_rows=n, epoch=epoch, dtype=dtype) as writer:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
-            x = data.batch(start, stop).astype(in_dtype, copy=False)
-            try:
-                outs = sess.run(names, {input_name: x})
-            except Exception as exc:  # onnxruntime's own error types
-                raise GradscoreError(f"the model failed on dataset rows {start}..{stop - 1}: "
-                                     f"{str(exc).strip().splitlines()[-1]}") from None
-            logits = np.asarray(outs[0])
-            _check_output(names[0], logits, stop - start, start, "logits")
-            feats = None
-            if len(names) > 1:
-                feats = np.asarray(outs[1])
-                if feats.ndim > 2 and feats.shape[0] == stop - start:
-                    feats = feats.reshape(feats.shape[0], -1)
-                _check_output(names[1], feats, stop - start, start, "features")
-                if feats.dtype.kind != "f":
-                    feats = feats.astype(np.float32)
+            logits, feats = enc.run(data.batch(start, stop), row_offset=start)
             ids = None if data.ids is None else data.ids[start:stop]
             writer.append(data.labels[start:stop], logits, feats, ids)
             bar.update(stop - start)

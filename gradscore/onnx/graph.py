@@ -388,6 +388,26 @@ def with_outputs(model, names):
     return m
 
 
+def output_width(model, name):
+    """Last dimension of graph output ``name`` when the graph fixes it, else None."""
+    onnx = import_onnx()
+    outs = {o.name: o for o in model.graph.output}
+    v = outs.get(name)
+    if v is None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # best effort
+            return None
+        v = {o.name: o for o in list(inferred.graph.value_info) +
+             list(inferred.graph.output)}.get(name)
+    if v is None or not v.type.tensor_type.HasField("shape"):
+        return None
+    dims = v.type.tensor_type.shape.dim
+    if len(dims) != 2 or not dims[-1].HasField("dim_value"):
+        return None
+    return int(dims[-1].dim_value)
+
+
 def input_spec(model, *, path="model"):
     """``(name, dims, numpy dtype)`` of the model's single input.
 

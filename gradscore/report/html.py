@@ -96,7 +96,7 @@ def _thumb(x, layout):
     from matplotlib.image import imsave
 
     buf = io.BytesIO()
-    img = _to_image(x, layout)
+    img = x if layout is None else _to_image(x, layout)
     imsave(buf, img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0,
            format="png")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -188,7 +188,7 @@ def _suspicious(result, labels, c, per_class):
 
 def write_report(path, *, result, epoch, model_path=None, data_path=None,
                  extract_info=None, files=None, image_shape=None, per_class=8,
-                 title="gradscore audit"):
+                 title="gradscore audit", images=None, summary=None):
     """Write the audit report for one scored epoch, atomically.
 
     Parameters
@@ -210,6 +210,14 @@ def write_report(path, *, result, epoch, model_path=None, data_path=None,
         Most suspicious examples listed per class (dropped first, then by
         lowest score).
     title : str, default="gradscore audit"
+    images : callable, default=None
+        ``images(rows)`` gives, for export rows, the images to show (RGB
+        or grey uint8 arrays, None where there is none); used instead of
+        reading ``data_path``'s inputs (image folders, Hugging Face
+        datasets).
+    summary : dict, default=None
+        The audit's JSON summary (:func:`gradscore.audit.audit`): class
+        names, the probe, head agreement, skipped and ignored files.
 
     Returns
     -------
@@ -220,7 +228,12 @@ def write_report(path, *, result, epoch, model_path=None, data_path=None,
     info = extract_info or {}
     layout, inputs_for = None, {}
     picks = {c.label: _suspicious(result, labels, c.label, per_class) for c in result.classes}
-    if data_path is not None:
+    if images is not None:
+        wanted = np.concatenate([p for p in picks.values()] or [np.zeros(0, np.int64)])
+        got = images(wanted) if wanted.size else []
+        inputs_for = {int(r): im for r, im in zip(wanted, got) if im is not None}
+        layout = "image" if inputs_for else None
+    elif data_path is not None:
         from ..onnx.extract import dataset_rows, read_dataset_info, read_inputs
 
         dinfo = read_dataset_info(data_path)
@@ -235,18 +248,19 @@ def write_report(path, *, result, epoch, model_path=None, data_path=None,
     page = render(
         "audit.html.j2", title=title, version=__version__,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        **_summary_context(result, epoch, model_path, data_path, info),
+        **_summary_context(result, epoch, model_path, data_path, info, summary),
         meaning=meaning, plot=_distribution_plot(result, labels, thresholds, meaning),
         per_class=per_class,
-        suspicious=_suspicious_context(result, epoch, picks, inputs_for, layout),
-        files=file_links(path, files, FILE_LABELS))
+        suspicious=_suspicious_context(result, epoch, picks, inputs_for, layout,
+                                       _names(summary)),
+        files=file_links(path, files, FILE_LABELS), audit=_audit_context(summary))
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(page)
     return path
 
 
-def _summary_context(result, epoch, model_path, data_path, info):
+def _summary_context(result, epoch, model_path, data_path, info, audit=None):
     p = result.params
     summary = result.summary()
     meta = [("model", model_path), ("dataset", data_path),
@@ -262,11 +276,36 @@ def _summary_context(result, epoch, model_path, data_path, info):
              ("features", epoch.n_features if epoch.n_features is not None else "none"),
              ("kept", summary["kept"]), ("dropped", summary["dropped"]),
              ("dropped before", summary["dropped_before"])]
+    if audit:
+        cards = cards[:5]
+        if audit.get("probe"):
+            cards.append(("probe accuracy (out of fold)", f"{audit['probe']['accuracy']:.1%}"))
+        cards.append(("skipped files", len(audit.get("skipped") or [])))
     return {"meta": [(k, v) for k, v in meta if v is not None], "cards": cards,
             "classes": result.classes}
 
 
-def _suspicious_context(result, epoch, picks, inputs_for, layout):
+def _names(summary):
+    return (summary or {}).get("class_names") or None
+
+
+def _audit_context(summary):
+    """Probe, head agreement, skipped and ignored files (empty without a summary)."""
+    if not summary:
+        return None
+    probe = summary.get("probe")
+    agree = summary.get("head_agreement")
+    return {
+        "probe": probe, "agreement": agree, "image": summary.get("image"),
+        "features": summary.get("features") or {},
+        "classes": list(enumerate(summary.get("class_names") or [])),
+        "skipped": summary.get("skipped") or [],
+        "ignored": summary.get("ignored") or [],
+        "source": summary.get("source"), "n_listed": summary.get("n_listed"),
+    }
+
+
+def _suspicious_context(result, epoch, picks, inputs_for, layout, names=None):
     thumbs = layout is not None and bool(inputs_for)
     blocks = []
     for c in result.classes:
@@ -283,14 +322,18 @@ def _suspicious_context(result, epoch, picks, inputs_for, layout):
                 "score_text": f"{sc:.4f}" if np.isfinite(sc) else "unscored",
                 "cluster": int(result.cluster_size[r]), "pred": pred,
                 "mispredicted": pred != c.label,
-                "thumb": _thumb(inputs_for[r], layout) if thumbs else None})
+                "thumb": (_thumb(inputs_for[r], None if layout == "image" else layout)
+                          if thumbs and r in inputs_for else None),
+                "pred_name": names[pred] if names and pred < len(names) else None})
         blocks.append({"label": c.label, "dropped": c.dropped, "n_scored": c.n_scored,
-                       "examples": examples})
+                       "examples": examples,
+                       "name": names[c.label] if names and c.label < len(names) else None})
     return blocks
 
 
 #: What each linked file of the audit report is.
 FILE_LABELS = {"keep": "keep-list (ids to keep, one per line)",
+               "keep_json": "keep-list with provenance (class names, probe, skipped files)",
                "scores": "per-example scores (id, label, score, cluster_size, decision)",
                "export": "schema-v1 export (labels, logits, features)"}
 
