@@ -72,7 +72,7 @@ def test_report_parts(audited):
     d, out = audited
     folder = os.path.dirname(out["report"])
     page = _parse(out["report"])
-    assert page.sections == ["summary", "distributions", "suspicious", "files"]
+    assert page.sections == ["summary", "distributions", "suspicious", "skipped", "files"]
     assert "script" not in page.tags
     text = " ".join(page.text)
     assert "1797" in text and "higher = denser = more typical" in text
@@ -83,7 +83,7 @@ def test_report_parts(audited):
         assert img["src"].startswith("data:image/png;base64,")
         assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == PNG_MAGIC
     # Links point at the files beside the report, which exist.
-    assert sorted(page.links) == ["export.h5", "keep.txt", "scores.csv"]
+    assert sorted(page.links) == ["export.h5", "keep.json", "keep.txt", "scores.csv"]
     for href in page.links:
         assert os.path.isfile(os.path.join(folder, href))
     assert sorted(page.class_blocks) == list(range(10))

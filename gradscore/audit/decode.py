@@ -196,7 +196,8 @@ def open_image(payload, *, max_pixels=MAX_PIXELS):
         except UnidentifiedImageError:
             raise BadImage("not an image (Pillow cannot identify its format)") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise BadImage(f"decompression bomb: {exc}") from None
+            raise BadImage(f"decompression bomb, refused before decoding (Pillow: "
+                           f"{str(exc).rstrip('.')})") from None
         except Exception as exc:  # a damaged header: SyntaxError, ValueError, OSError ...
             raise BadImage(f"damaged image header ({type(exc).__name__}: {exc})") from None
         w, h = img.size
