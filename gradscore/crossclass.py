@@ -1,7 +1,8 @@
 """Votes over all classes, for the methods that look across classes.
 
-``deep-knn`` and ``groups`` judge an example (or a group) by the labels of
-its nearest neighbours in feature space among *all* classes, so their
+``deep-knn``, ``groups`` and ``label-support`` judge an example (or a group)
+by the labels of its nearest neighbours in feature space among *all*
+classes (``label-support`` also by a head fitted across classes), so their
 decisions cannot come from one class's rows alone. This stage runs after the
 read and before the per-class tasks: it computes each scored row's votes
 once, over the whole epoch, and the per-class tasks
@@ -36,6 +37,7 @@ from .history import margin_gain
 from .neighbors._cross import ClassInput, cross_neighbors, nearest_to_centres_in_store
 from .selection.feature_space import deep_knn_agreement
 from .selection.groups import foreign_groups, tree_edges
+from .selection.label_support import _label_support
 from .selection.trajectory import trajectory_drop
 
 #: ``neighbors`` values the cross-class search takes: ``"auto"`` (exact when
@@ -52,11 +54,13 @@ class CrossClassVotes:
     agreement : ndarray of shape (n,), float64
         Share of the row's neighbours (over all classes) that carry its
         label, lowered for members of dropped groups to the share of their
-        label around the group; NaN for rows not scored. Higher = more
-        typical.
+        label around the group (``label-support``: the support, see
+        :mod:`gradscore.selection.label_support`); NaN for rows not
+        scored. Higher = more typical.
     drop : ndarray of shape (n,), bool
-        The method's rule: the row's label is not a plurality of its votes,
-        or (``groups``) it belongs to a group judged foreign.
+        The method's rule: the row's label is not a plurality of its votes
+        (``label-support``: its support is below the threshold), or
+        (``groups``) it belongs to a group judged foreign.
     k_used : int
         Neighbours per row actually used.
     neighbors : str
@@ -97,7 +101,7 @@ def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None, 
         rule, the rows still kept under ``"survivors"``).
     params : dict
         From :func:`gradscore.pipeline.check_params`; ``method`` is
-        ``"deep-knn"``, ``"groups"`` or ``"trajectory"``.
+        ``"deep-knn"``, ``"groups"``, ``"trajectory"`` or ``"label-support"``.
     n_jobs : int, default=None
         Threads for the search tasks.
     history : History, default=None
@@ -122,7 +126,7 @@ def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None, 
     with ThreadPoolExecutor(jobs) as pool, threadpool_limits(limits=1, user_api="blas"):
         return _votes(labels, scored, params, inputs, n_features=features.shape[1],
                       dtype="float32", folder=None, executor=pool, logits=logits,
-                      history=history)
+                      history=history, features=features)
 
 
 def spilled_cross_class_votes(part, scored, params, *, executor, folder):
@@ -167,8 +171,11 @@ def spilled_cross_class_votes(part, scored, params, *, executor, folder):
 
 
 def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executor,
-           logits=None, history=None):
-    """The votes from one cross-class neighbour search (see the module docstring)."""
+           logits=None, history=None, features=None):
+    """The votes from one cross-class neighbour search (see the module docstring).
+
+    ``label-support`` also fits a head on ``features`` (in memory only).
+    """
     check_cross_backend(params["method"], params["neighbors"])
     n, num_classes = labels.size, params["num_classes"]
     act = np.flatnonzero(scored)
@@ -186,6 +193,10 @@ def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executo
     idx = pos[found.indices[act]]
     del found.indices, found.sqdist
     lab = labels[act]
+    if params["method"] == "label-support":
+        agreement[act], drop[act] = _label_support(lab, features[act], idx,
+                                                   num_classes=num_classes)
+        return CrossClassVotes(agreement, drop, found.k_all, found.method)
     group_drop = share = moved = None
     if params["method"] in ("groups", "trajectory"):
         trees = []

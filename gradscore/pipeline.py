@@ -27,11 +27,12 @@ from .selection import medoid_budgets
 from .selection.epic import DENSE_MAX
 from .tasks import CROSS_CLASS_METHODS, ClassData, gather, score_class
 
-METHODS = ("epic", "knn-density", "deep-knn", "spectral", "groups", "trajectory")
+METHODS = ("epic", "knn-density", "deep-knn", "spectral", "groups", "trajectory",
+           "label-support")
 #: How a previous keep-list combines with this round (see :func:`score`).
 CUMULATIVE_RULES = ("intersect", "survivors")
 #: Methods that compare examples by their penultimate features, not gradients.
-FEATURE_METHODS = ("deep-knn", "spectral", "groups", "trajectory")
+FEATURE_METHODS = ("deep-knn", "spectral", "groups", "trajectory", "label-support")
 
 
 def score(labels, logits, features=None, *, method="epic", gradient="logits",
@@ -50,7 +51,8 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         The final layer's pre-softmax outputs (float16/32/64).
     features : array-like of shape (n_samples, n_features), default=None
         Input of the final linear layer; needed for ``gradient="last-layer"``.
-    method : {"epic", "knn-density", "deep-knn", "spectral", "groups"}, default="epic"
+    method : str, default="epic"
+        One of :data:`METHODS`.
         ``"epic"``: drop members of EPIC clusters of size <=
         ``cluster_threshold``. ``"knn-density"``: drop the least dense, by
         ``drop_fraction`` or else a robust per-class threshold.
@@ -70,6 +72,10 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         ``features`` and ``history``): ``groups``, and also the groups that
         training had to pull far towards their label since the reference
         export. See :mod:`gradscore.selection.trajectory`.
+        ``"label-support"`` (needs ``features``; the audit's default): drop
+        an example when the mean of its neighbours' vote for its label and
+        the probability a head fitted without the suspects gives it is
+        below 0.15. See :mod:`gradscore.selection.label_support`.
     gradient : {"logits", "last-layer"}, default="logits"
         Which closed-form gradient to compare examples by.
     fraction : float, default=0.2

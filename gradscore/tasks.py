@@ -32,7 +32,7 @@ from .selection.feature_space import spectral_scores
 
 #: Methods whose decisions come from votes over all classes (see
 #: :mod:`gradscore.crossclass`), computed before the per-class tasks.
-CROSS_CLASS_METHODS = ("deep-knn", "groups", "trajectory")
+CROSS_CLASS_METHODS = ("deep-knn", "groups", "trajectory", "label-support")
 
 
 @dataclass

@@ -191,7 +191,8 @@ class _Joint:
         # Rows per block: the (rows, K*C) float64 logits within BLOCK_BYTES.
         self.block = max(256, min(65536, BLOCK_BYTES // (8 * self.k * self.c)))
         self.mu, self.sd = _moments(x, self.block)
-        # Weight of row i in fold k's objective: 1/n_k off its own fold, 0 on it.
+        # Weight of row i in fold k's objective: 1/n_k off its own fold, 0 on it
+        # (a row of fold -1 trains every head).
         n_train = np.array([np.sum(fold != f) for f in range(n_folds)], dtype=np.float64)
         self.inv_n = 1.0 / n_train
         self.wdtype = np.float32 if x.dtype == np.float32 else np.float64
@@ -228,7 +229,8 @@ class _Joint:
             lse = np.log(np.exp(z).sum(axis=2))
             own = z[np.arange(m), :, yb]                       # (m, k)
             weight = np.broadcast_to(self.inv_n, (m, k)).copy()
-            weight[np.arange(m), fb] = 0.0                     # held out: no say
+            out = fb >= 0
+            weight[np.flatnonzero(out), fb[out]] = 0.0         # held out: no say
             loss += float(np.sum(weight * (lse - own)))
             p = np.exp(z - lse[:, :, None])
             p[np.arange(m), :, yb] -= 1.0
@@ -251,20 +253,41 @@ class _Joint:
             m = xb.shape[0]
             z = (xb @ w_cast).astype(np.float64).reshape(m, self.k, self.c) + \
                 b_eff.reshape(self.k, self.c)
-            out[a:a + m] = z[np.arange(m), self.fold[a:a + m]]
+            out[a:a + m] = z[np.arange(m), np.maximum(self.fold[a:a + m], 0)]
         return out
 
 
-def _cross_fit(labels, x, *, num_classes, n_folds, alpha, max_iter, tol, random_state):
+def _fit(labels, x, fold, num_classes, n_heads, alpha, max_iter, tol):
+    """Fit head k on the rows whose fold is not k; logits of each row from its fold's head."""
     from scipy.optimize import minimize
 
-    fold = stratified_folds(labels, n_folds, random_state=random_state)
-    f = _Joint(labels, x, fold, num_classes, n_folds, alpha)
-    theta0 = np.zeros(f.d * n_folds * num_classes + n_folds * num_classes)
+    f = _Joint(labels, x, fold, num_classes, n_heads, alpha)
+    theta0 = np.zeros(f.d * n_heads * num_classes + n_heads * num_classes)
     res = minimize(f, theta0, jac=True, method="L-BFGS-B",
                    options={"maxiter": max_iter, "gtol": tol, "ftol": tol * 1e-3,
                             "maxcor": 20})
-    logits = f.out_of_fold(res.x)
+    return f.out_of_fold(res.x), res
+
+
+def fit_without(labels, features, held_out, *, num_classes, alpha=1e-3, max_iter=500,
+                tol=1e-6):
+    """Logits of every row from one head fitted on the rows not ``held_out``.
+
+    The same objective as :func:`cross_fit_probe` (standardised features, L2
+    ``alpha``); the held-out rows teach the head nothing. Inputs are assumed
+    valid (labels in range, finite float features).
+
+    Returns
+    -------
+    logits : ndarray of shape (n_samples, num_classes), float32
+    """
+    fold = np.where(np.asarray(held_out, dtype=bool), 0, -1)
+    return _fit(labels, np.asarray(features), fold, num_classes, 1, alpha, max_iter, tol)[0]
+
+
+def _cross_fit(labels, x, *, num_classes, n_folds, alpha, max_iter, tol, random_state):
+    fold = stratified_folds(labels, n_folds, random_state=random_state)
+    logits, res = _fit(labels, x, fold, num_classes, n_folds, alpha, max_iter, tol)
     z = logits.astype(np.float64)
     z -= z.max(axis=1, keepdims=True)
     lse = np.log(np.exp(z).sum(axis=1))

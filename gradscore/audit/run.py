@@ -35,6 +35,7 @@ from .._version import __version__
 from ..api import run_metadata, score_files, sha256_file
 from ..errors import GradscoreError
 from ..io import write_keeplist
+from ..tasks import CROSS_CLASS_METHODS
 from .decode import MAX_PIXELS, thumbnail
 from .export import extract_dataset
 from .sources import open_source
@@ -44,8 +45,9 @@ EXPORT, KEEP, KEEP_JSON, SCORES, REPORT = ("export.h5", "keep.txt", "keep.json",
 #: Written last, so that its presence means the rest is there.
 ORDER = (EXPORT, SCORES, KEEP_JSON, REPORT, KEEP)
 
-#: The audit's default scoring method (see docs/audit.md for the measurement).
-DEFAULT_METHOD = "deep-knn"
+#: The audit's default scoring method, chosen from the measurement in
+#: docs/audit.md (``gradscore score``'s default stays EPIC).
+DEFAULT_METHOD = "label-support"
 
 #: Options of :func:`open_source`.
 SOURCE_OPTIONS = ("image_column", "label_column", "id_column", "split")
@@ -117,6 +119,9 @@ def audit(model_path, data_path, report_dir, *, probe=False, method=DEFAULT_METH
         info = extract_dataset(model_path, data_path, staged[EXPORT], probe=probe,
                                random_state=random_state, work_dir=stage, progress=progress,
                                source=src, **extract_opts)
+        if method in CROSS_CLASS_METHODS:
+            # Votes over all classes are computed in memory (see gradscore.crossclass).
+            options.setdefault("spill", "never")
         result, epoch, _ = score_files(staged[EXPORT], output=staged[KEEP],
                                        scores_path=staged[SCORES], progress=progress,
                                        method=method, random_state=random_state, **options)

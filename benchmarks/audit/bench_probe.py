@@ -1,0 +1,139 @@
+"""The probe's solver: gradscore's joint K-fold L-BFGS against scikit-learn's solvers.
+
+Usage::
+
+    nice -n 19 python -m benchmarks.audit.bench_probe                  # 6,000 x 128
+    nice -n 19 python -m benchmarks.audit.bench_probe --n 100000 --d 2048 --only ours
+
+Every solver does the same job: 5-fold cross-fitting (the same folds) of a
+multinomial logistic head, out-of-fold logits for every row. scikit-learn
+runs once per fold on that fold's rows, (a) as a user would call it
+(defaults, raw features) and (b) on standardised features with the same
+penalty as gradscore's (``C = 1 / (alpha * n_train)``), so both solve the
+same problem. Reported: wall time, out-of-fold accuracy and log loss, and
+the largest difference of (row-centred) out-of-fold logits from gradscore's.
+
+Data: a Gaussian mixture with overlapping classes (out-of-fold accuracy
+around 90%), float32, or the features of a cached audit case
+(``--case benchmarks/out/audit/cases/<name>.npz``).
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    __package__ = "benchmarks.audit"
+
+
+def mixture(n, d, c, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    centres = rng.normal(size=(c, d)) * (2.2 / np.sqrt(d))
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x *= 0.8
+    x += centres[labels].astype(np.float32) * 3
+    x *= rng.uniform(0.5, 5, d).astype(np.float32)        # unscaled columns
+    return labels, x
+
+
+def _score(labels, logits):
+    z = logits - logits.max(1, keepdims=True)
+    lse = np.log(np.exp(z).sum(1))
+    return float(np.mean(logits.argmax(1) == labels)), float(np.mean(lse - z[np.arange(
+        labels.size), labels]))
+
+
+def sklearn_cross_fit(labels, x, fold, *, solver, standardise, alpha, max_iter):
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    if standardise:
+        x = (x - x.mean(0)) / x.std(0)
+    out = np.zeros((labels.size, int(labels.max()) + 1))
+    n_iter = []
+    for f in range(int(fold.max()) + 1):
+        tr = fold != f
+        kw = {} if alpha is None else {"C": 1.0 / (alpha * tr.sum())}
+        m = LogisticRegression(solver=solver, max_iter=max_iter, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            m.fit(x[tr], labels[tr])
+        out[~tr] = m.decision_function(x[~tr])
+        n_iter.append(int(np.max(m.n_iter_)))
+    return out, n_iter
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=6000)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--case", default=None)
+    ap.add_argument("--alpha", type=float, default=1e-3)
+    ap.add_argument("--only", nargs="+", default=None,
+                    help="subset of: ours sklearn-default sklearn-lbfgs sklearn-newton-cholesky "
+                         "sklearn-saga")
+    ap.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all)")
+    args = ap.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    from gradscore.audit import cross_fit_probe
+    from gradscore.audit.probe import stratified_folds
+
+    if args.case:
+        z = np.load(args.case)
+        labels, x = z["labels"], z["features"].astype(np.float32)
+        shape = f"{args.case}: {x.shape[0]} x {x.shape[1]}, {int(labels.max()) + 1} classes"
+    else:
+        labels, x = mixture(args.n, args.d, args.classes)
+        shape = f"mixture {args.n} x {args.d}, {args.classes} classes, float32"
+    print(f"# {shape}; machine {platform.platform()}, {os.cpu_count()} CPUs, load before "
+          f"{os.getloadavg()[0]:.1f}")
+    fold = stratified_folds(labels, 5, random_state=0)
+    runs = {
+        "ours": None,
+        "sklearn-default": dict(solver="lbfgs", standardise=False, alpha=None, max_iter=100),
+        "sklearn-lbfgs": dict(solver="lbfgs", standardise=True, alpha=args.alpha,
+                              max_iter=500),
+        "sklearn-newton-cholesky": dict(solver="newton-cholesky", standardise=True,
+                                        alpha=args.alpha, max_iter=100),
+        "sklearn-saga": dict(solver="saga", standardise=True, alpha=args.alpha, max_iter=100),
+    }
+    ref = None
+    print("| solver | wall s | OOF accuracy | OOF log loss | iterations | max logit diff |")
+    print("|---|---|---|---|---|---|")
+    with threadpool_limits(args.threads):
+        for name, kw in runs.items():
+            if args.only and name not in args.only:
+                continue
+            t0 = time.perf_counter()
+            if kw is None:
+                res = cross_fit_probe(labels, x, alpha=args.alpha, random_state=0)
+                logits, iters = res.logits.astype(np.float64), [res.n_iter]
+            else:
+                try:
+                    logits, iters = sklearn_cross_fit(labels, x, fold, **kw)
+                except Exception as exc:  # a solver that refuses the problem
+                    print(f"| {name} | failed: {type(exc).__name__}: {exc} | | | | |")
+                    continue
+            wall = time.perf_counter() - t0
+            acc, ll = _score(labels, logits)
+            centred = logits - logits.mean(1, keepdims=True)
+            if ref is None:
+                ref = centred
+            diff = float(np.abs(centred - ref).max())
+            print(f"| {name} | {wall:.2f} | {acc:.4f} | {ll:.4f} | "
+                  f"{'/'.join(map(str, iters))} | {diff:.3g} |", flush=True)
+    print(f"# load after {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
