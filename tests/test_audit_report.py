@@ -75,7 +75,9 @@ def test_report_parts(audited):
     assert page.sections == ["summary", "distributions", "suspicious", "skipped", "files"]
     assert "script" not in page.tags
     text = " ".join(page.text)
-    assert "1797" in text and "higher = denser = more typical" in text
+    # The default method's scores are named: label support, not density.
+    assert "1797" in text and "Scores: label support" in text
+    assert "higher = more typical" in text and "denser" not in text
     assert "/Relu" in text or "feat" in text  # the features tensor is named
     # Every image is an embedded PNG; nothing is fetched from anywhere.
     assert len(page.imgs) == 1 + 10 * 5  # one plot + a thumbnail per listed example
@@ -128,6 +130,7 @@ def test_cli_audit_flat_inputs_and_hostile_ids(tmp_path):
     assert "running on" in res.output and "report:" in res.output
     page = _parse(str(tmp_path / "rep" / "report.html"))
     assert "marquee" not in page.tags  # the ids were escaped, not interpreted
+    assert "k-NN density in gradient space" in " ".join(page.text)
     assert len(page.cards) == 12
     assert all(c["data-id"].startswith("<marquee>x") for c in page.cards)
     assert sum(1 for i in page.imgs if i["alt"].startswith("input of id")) == 12

@@ -102,11 +102,36 @@ def _thumb(x, layout):
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+#: Per method: the scores' name (the plot's heading) and one sentence on what
+#: they are (the page's lead); methods not listed score k-NN density.
+SCORES = {
+    "deep-knn": ("Neighbours' share of the label",
+                 "Scores: the share of an example's k nearest neighbours (over all classes) "
+                 "that carry its label; <b>higher = more typical</b>."),
+    "groups": ("Neighbours' share of the label",
+               "Scores: the share of an example's k nearest neighbours (over all classes) "
+               "that carry its label, for members of a group judged foreign the share of "
+               "their label around the group; <b>higher = more typical</b>."),
+    "spectral": ("Minus the spectral score",
+                 "Scores: minus the squared projection of an example's centred features on "
+                 "its class's top singular vector; <b>higher = more typical</b>."),
+    "label-support": ("Label support",
+                      "Scores: label support, the mean of the share of an example's k nearest "
+                      "neighbours (over all classes) that carry its label and the probability "
+                      "a head fitted without the suspects gives its label; <b>higher = more "
+                      "typical</b>; examples below the threshold are dropped."),
+}
+DENSITY = ("Density score", "Scores: k-NN density in gradient space, <b>higher = denser = more "
+           "typical</b>; isolated examples (low scores, tiny EPIC clusters) are the likely "
+           "poisons.")
+
+
 def drop_thresholds(result, labels):
     """The score line drawn per class, and what it means.
 
-    For ``knn-density`` without ``drop_fraction``, the robust rule's own
-    threshold ``median - z * 1.4826 * MAD`` (None when the MAD is 0).
+    For ``label-support``, its fixed threshold. For ``knn-density`` without
+    ``drop_fraction``, the robust rule's own threshold
+    ``median - z * 1.4826 * MAD`` (None when the MAD is 0).
     Otherwise the highest score among the class's dropped examples (None
     when none was dropped): EPIC drops by cluster size, not by score, so
     there the line marks the boundary the decisions happened to draw.
@@ -117,6 +142,10 @@ def drop_thresholds(result, labels):
     meaning : str
     """
     p = result.params
+    if p.get("method") == "label-support":
+        from ..selection.label_support import THRESHOLD
+        return ({c.label: THRESHOLD for c in result.classes},
+                f"label-support threshold {THRESHOLD}")
     robust = p.get("method") == "knn-density" and p.get("drop_fraction") is None
     out = {}
     for c in result.classes:
@@ -171,7 +200,8 @@ def _distribution_plot(result, labels, thresholds, meaning):
         ax.tick_params(labelsize=7)
     handles, names = axes.ravel()[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside upper right", fontsize=8, ncols=2)
-    fig.suptitle(f"Density score per class (higher = more typical); dashed: {meaning}",
+    fig.suptitle(f"{SCORES.get(result.params.get('method'), DENSITY)[0]} per class "
+                 f"(higher = more typical); dashed: {meaning}",
                  fontsize=10)
     return _png(fig)
 
@@ -250,6 +280,7 @@ def write_report(path, *, result, epoch, model_path=None, data_path=None,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         **_summary_context(result, epoch, model_path, data_path, info, summary),
         meaning=meaning, plot=_distribution_plot(result, labels, thresholds, meaning),
+        score_meaning=SCORES.get(result.params.get("method"), DENSITY)[1],
         per_class=per_class,
         suspicious=_suspicious_context(result, epoch, picks, inputs_for, layout,
                                        _names(summary)),
