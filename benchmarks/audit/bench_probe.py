@@ -14,7 +14,7 @@ same problem. Reported: wall time, out-of-fold accuracy and log loss, and
 the largest difference of (row-centred) out-of-fold logits from gradscore's.
 
 Data: a Gaussian mixture with overlapping classes (out-of-fold accuracy
-around 90%), float32, or the features of a cached audit case
+around 92%), float32, or the features of a cached audit case
 (``--case benchmarks/out/audit/cases/<name>.npz``).
 """
 
@@ -35,10 +35,12 @@ if __package__ in (None, ""):
 def mixture(n, d, c, seed=0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, c, n)
-    centres = rng.normal(size=(c, d)) * (2.2 / np.sqrt(d))
+    # Class centres of norm 3.5 in random directions: a linear head gets
+    # about 92% of 6,000 x 128 right out of fold.
+    centres = rng.normal(size=(c, d))
+    centres *= 3.5 / np.linalg.norm(centres, axis=1, keepdims=True)
     x = rng.standard_normal((n, d), dtype=np.float32)
-    x *= 0.8
-    x += centres[labels].astype(np.float32) * 3
+    x += centres[labels].astype(np.float32)
     x *= rng.uniform(0.5, 5, d).astype(np.float32)        # unscaled columns
     return labels, x
 
