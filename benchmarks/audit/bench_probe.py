@@ -44,7 +44,7 @@ def mixture(n, d, c, seed=0):
     centres = rng.normal(size=(c, d))
     centres *= 3.5 / np.linalg.norm(centres, axis=1, keepdims=True)
     x = rng.standard_normal((n, d), dtype=np.float32)
-    x += centres[labels].astype(np.float32)
+    x += centres.astype(np.float32)[labels]
     x *= rng.uniform(0.5, 5, d).astype(np.float32)        # unscaled columns
     return labels, x
 
@@ -88,6 +88,9 @@ def main(argv=None):
                          "sklearn-newton-cholesky sklearn-saga")
     ap.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per solver (median wall time)")
+    ap.add_argument("--memory", action="store_true",
+                    help="also run gradscore's probe once under tracemalloc: its peak of "
+                         "NumPy/Python memory beyond the features")
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -150,6 +153,15 @@ def main(argv=None):
         diff = float(np.abs(centred - ref).max())
         print(f"| {name} | {np.median(walls[name]):.2f} | {acc:.4f} | {ll:.4f} | "
               f"{'/'.join(map(str, iters))} | {diff:.3g} |", flush=True)
+    if args.memory:
+        import tracemalloc
+        tracemalloc.start()
+        with threadpool_limits(args.threads):
+            cross_fit_probe(labels, x, alpha=args.alpha, random_state=0)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"# gradscore's probe: peak {peak / 2**20:.0f} MiB allocated beyond the "
+              f"features ({x.nbytes / 2**20:.0f} MiB)")
     print(f"# load after {os.getloadavg()[0]:.1f}")
     return 0
 
