@@ -166,9 +166,11 @@ def cross_fit_probe(labels, features, *, num_classes=None, n_folds=5, alpha=1e-3
                       max_iter=max_iter, tol=tol, random_state=random_state)
 
 
-def _moments(x, block):
+def _moments(x):
     """Column mean and standard deviation (1 where a column is constant)."""
     n, d = x.shape
+    # Rows per block: the float64 deviations within BLOCK_BYTES.
+    block = max(1, BLOCK_BYTES // (8 * d))
     s1 = np.zeros(d)
     for a in range(0, n, block):
         s1 += x[a:a + block].sum(axis=0, dtype=np.float64)
@@ -190,7 +192,7 @@ class _Joint:
         self.n, self.d = x.shape
         # Rows per block: the (rows, K*C) float64 logits within BLOCK_BYTES.
         self.block = max(256, min(65536, BLOCK_BYTES // (8 * self.k * self.c)))
-        self.mu, self.sd = _moments(x, self.block)
+        self.mu, self.sd = _moments(x)
         # Weight of row i in fold k's objective: 1/n_k off its own fold, 0 on it
         # (a row of fold -1 trains every head).
         n_train = np.array([np.sum(fold != f) for f in range(n_folds)], dtype=np.float64)
