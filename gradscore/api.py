@@ -149,6 +149,10 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
                              "so it cannot run from a spill, a client or an executor; run it "
                              "in memory (spill='never', no client), or use method='groups', "
                              "which runs everywhere")
+    if method == "label-support" and (remote or spill == "always"):
+        raise GradscoreError("method='label-support' fits a head on every row's features in "
+                             "memory, so it cannot run from a spill, a client or an executor; "
+                             "run it in memory (spill='never', no client)")
     check_history(method, history)
     if isinstance(history, (str, os.PathLike)):
         history = [history]
@@ -167,7 +171,7 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
         own_pool = executor = ThreadPoolExecutor(jobs)
         blas = one_blas_thread_each(jobs)
     try:
-        if method == "trajectory":
+        if method in ("trajectory", "label-support"):
             indexes = None
         else:
             indexes = _map(executor, partial(read_index, max_memory=max_memory), paths,
