@@ -4,6 +4,7 @@ Usage::
 
     nice -n 19 python -m benchmarks.audit.measure --targets 25 --shapes 5
     python -m benchmarks.audit.measure --table          # the table from saved results
+    python -m benchmarks.audit.measure --check          # each method against the target
 
 Data sets and attacks:
 
@@ -205,6 +206,53 @@ def table(path=RESULTS, methods=None):
     return "\n".join(out)
 
 
+#: The target (issue 18), on every dirty-label backdoor: recall >= 0.9 at <= 3% of the clean
+#: data flagged, recall no lower than deep-knn's, clean flagged no more than cleanlab's + 1 point.
+TARGET = dict(recall=0.9, clean=0.03, recall_of="deep-knn", clean_of="cleanlab", slack=0.01)
+
+
+def _means(rows):
+    """``{(data set, kind): {method: (mean recall, mean clean flagged, n audits)}}``."""
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["dataset"], r["kind"]), {}).setdefault(r["method"], []).append(
+            (r["caught"] / r["n_poison"], r["clean_flagged"] / r["n_clean"]))
+    return {key: {m: tuple(np.mean(v, axis=0)) + (len(v),) for m, v in by.items()}
+            for key, by in cells.items()}
+
+
+def check(path=RESULTS, methods=None, target=TARGET):
+    """Markdown: each method against the target on each dirty-label backdoor measured.
+
+    A cell is mean recall / mean clean flagged, then the parts of the target
+    it misses: R (recall < 90%), C (clean > 3%), D (recall below deep-knn's),
+    L (clean above cleanlab's + 1 point).
+    """
+    means = _means([json.loads(line) for line in open(path)])
+    keys = sorted(k for k in means if k[1] in DIRTY)
+    methods = methods or list(dict.fromkeys(m for k in keys for m in means[k]))
+    out = ["| method | " + " | ".join(f"{d}: {k}" for d, k in keys) + " | all met |",
+           "|---|" + "---|" * (len(keys) + 1)]
+    for m in methods:
+        cells, ok = [], True
+        for key in keys:
+            if m not in means[key]:
+                cells.append("")
+                ok = False
+                continue
+            rec, cl, _ = means[key][m]
+            ref_rec = means[key].get(target["recall_of"], (0, 0, 0))[0]
+            ref_cl = means[key].get(target["clean_of"], (1, 1, 0))[1]
+            missed = "".join(code for code, bad in (
+                ("R", rec < target["recall"]), ("C", cl > target["clean"]),
+                ("D", rec < ref_rec - 1e-12), ("L", cl > ref_cl + target["slack"] + 1e-12))
+                if bad)
+            ok &= not missed
+            cells.append(f"{100 * rec:.0f}% / {100 * cl:.1f}% " + (missed or "met"))
+        out.append(f"| {m} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--targets", type=int, default=25, help="defence-benchmark targets per attack")
@@ -212,12 +260,17 @@ def main(argv=None):
     ap.add_argument("--shapes", type=int, default=5, help="generated-shapes variants")
     ap.add_argument("--methods", nargs="+", default=list(MM.METHODS))
     ap.add_argument("--table", action="store_true", help="print the table and exit")
+    ap.add_argument("--check", action="store_true",
+                    help="print each method against the target (dirty-label backdoors) and exit")
     ap.add_argument("--cases-only", action="store_true",
                     help="compute and cache the cases (features, probe) only")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     if args.table:
         print(table(methods=[m for m in args.methods if m in MM.METHODS]))
+        return 0
+    if args.check:
+        print(check(methods=[m for m in args.methods if m in MM.METHODS]))
         return 0
     from ..defense import run as R
     R.limit_threads(args.threads)
