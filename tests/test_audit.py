@@ -25,6 +25,7 @@ from gradscore.audit import cross_fit_probe, open_source  # noqa: E402
 from gradscore.audit.decode import BadImage, decode, image_spec, open_image  # noqa: E402
 from gradscore.audit.export import NEAR_CHANCE, head_agreement  # noqa: E402
 from gradscore.audit.probe import stratified_folds  # noqa: E402
+from gradscore.pipeline import SCORE_DEFAULTS  # noqa: E402
 from gradscore_cli.main import main as cli  # noqa: E402
 
 import audit_data as AD  # noqa: E402
@@ -182,6 +183,9 @@ def test_audit_image_folder_with_probe(folder):
     assert summary["features"]["tensor"] == "feat"
     meta = json.load(open(out / "keep.json"))["metadata"]
     assert meta["audit"]["class_names"] == ["blue", "green", "red"]
+    # The audit's default method is label-support; score's stays EPIC.
+    assert meta["params"]["method"] == "label-support"
+    assert SCORE_DEFAULTS["method"] == "epic"
     with h5py.File(out / "export.h5", "r") as f:
         assert [v.decode() if isinstance(v, bytes) else v
                 for v in f.attrs["class_names"]] == ["blue", "green", "red"]
