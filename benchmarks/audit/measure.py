@@ -180,6 +180,11 @@ def measure_case(dataset, attack, target, case, kinds, info, methods, done):
                 fh.write(json.dumps(r) + "\n")
 
 
+def _cell(name):
+    """A method's name in a Markdown table cell (``a|b`` would split the cell)."""
+    return name.replace("|", "\\|")
+
+
 def table(path=RESULTS, methods=None):
     """Markdown: per (data set, poison kind) and method, mean recall / mean clean flagged."""
     rows = [json.loads(line) for line in open(path)]
@@ -202,7 +207,7 @@ def table(path=RESULTS, methods=None):
                 continue
             rec, cl = np.mean(v, axis=0)
             vals.append(f"{100 * rec:.0f}% / {100 * cl:.1f}%")
-        out.append(f"| {m} | " + " | ".join(vals) + " |")
+        out.append(f"| {_cell(m)} | " + " | ".join(vals) + " |")
     return "\n".join(out)
 
 
@@ -249,7 +254,7 @@ def check(path=RESULTS, methods=None, target=TARGET):
                 if bad)
             ok &= not missed
             cells.append(f"{100 * rec:.0f}% / {100 * cl:.1f}% " + (missed or "met"))
-        out.append(f"| {m} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
+        out.append(f"| {_cell(m)} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
     return "\n".join(out)
 
 
