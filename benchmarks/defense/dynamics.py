@@ -120,6 +120,7 @@ def measure(traj, e):
     for s in SIGNALS:
         out[f"{s}_auroc"] = auroc(sig[s][isp], sig[s][cls & ~isp])
         out[f"{s}_clean_lifts"] = []
+    out.update(one_round(traj, e, feats))
     if isp.sum() == cls.sum():
         return out          # the class is all poisons: nothing to compare with
     for c in np.unique(labels):
@@ -134,6 +135,24 @@ def measure(traj, e):
     return out
 
 
+def one_round(traj, e, feats):
+    """One round of ``groups`` and of ``trajectory`` on the export at ``e``
+    (history: the victim before training): poison recall and clean data dropped."""
+    import gradscore
+    from gradscore.history import history_from_arrays
+    labels = traj["labels"].astype(np.int64)
+    isp = traj["is_poison"].astype(bool)
+    lg = traj["logits"]
+    h = history_from_arrays(labels, [(labels, lg[0])])
+    out = {}
+    for method in ("groups", "trajectory"):
+        kw = dict(history=h) if method == "trajectory" else {}
+        keep = gradscore.score(labels, lg[e], feats, method=method, **kw).keep
+        out[f"{method}_recall"] = float(np.mean(~keep[isp]))
+        out[f"{method}_clean"] = float(np.mean(~keep[~isp]))
+    return out
+
+
 def summarise(rows):
     table = []
     by = {}
@@ -142,7 +161,9 @@ def summarise(rows):
     for attack, rs in by.items():
         t = dict(attack=attack, exports=len(rs), epoch=rs[0]["epoch"],
                  ref_agrees=float(np.mean([r["ref_agrees"] for r in rs])),
-                 poison_share=float(np.mean([r["poison_share"] for r in rs])))
+                 poison_share=float(np.mean([r["poison_share"] for r in rs])),
+                 **{f"{m}_{q}": float(np.mean([r[f"{m}_{q}"] for r in rs]))
+                    for m in ("groups", "trajectory") for q in ("recall", "clean")})
         for s in SIGNALS:
             t[f"{s}_auroc"] = float(np.nanmean([r[f"{s}_auroc"] for r in rs]))
             lp = np.array([r.get(f"{s}_poison_lift", np.nan) for r in rs], float)
@@ -163,8 +184,9 @@ def markdown(rows, modes=None):
     lines = ["| attack | victim | exports | poisons / class | reference gives clean data "
              "their label | AUROC: gain / AUM / loss shape / ref margin | poison group's "
              "gain lift vs clean classes' largest (median nats; exports where larger) | "
-             "the same for AUM (lower inside) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "the same for AUM (lower inside) | one round: groups / trajectory, recall / "
+             "clean dropped |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for t in summarise(rows):
         mode = (modes or {}).get(t["attack"], "?")
         j = t["judged"]
@@ -173,7 +195,9 @@ def markdown(rows, modes=None):
             f"{100 * t['ref_agrees']:.0f}% | {t['gain_auroc']:.2f} / {t['aum_auroc']:.2f} / "
             f"{t['loss_shape_auroc']:.2f} / {t['ref_margin_auroc']:.2f} | "
             f"{t['gain_lift']:.1f} vs {t['gain_clean']:.1f} ({t['gain_first']} / {j}) | "
-            f"{t['aum_lift']:.1f} vs {t['aum_clean']:.1f} ({t['aum_first']} / {j}) |")
+            f"{t['aum_lift']:.1f} vs {t['aum_clean']:.1f} ({t['aum_first']} / {j}) | "
+            f"{100 * t['groups_recall']:.0f}% / {100 * t['groups_clean']:.1f}%, "
+            f"{100 * t['trajectory_recall']:.0f}% / {100 * t['trajectory_clean']:.1f}% |")
     return "\n".join(lines)
 
 
@@ -189,6 +213,8 @@ def main(argv=None):
     rows, modes = [], {}
     for d in args.dir:
         for path in sorted(glob.glob(os.path.join(d, "trajectory", "*.npz"))):
+            if path.endswith(".tmp.npz"):
+                continue          # being written
             attack, target = os.path.basename(path)[:-4].rsplit("_", 1)
             if args.attacks and attack not in args.attacks:
                 continue

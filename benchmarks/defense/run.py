@@ -307,6 +307,11 @@ def run_attack(name, args):
             import shutil
             for d in todo:
                 shutil.rmtree(os.path.join(workdir, d.name), ignore_errors=True)
+            if any(d.params.get("method") == "trajectory" for d in todo):
+                try:
+                    os.remove(os.path.join(workdir, "reference_epoch_000.h5"))
+                except OSError:
+                    pass
             try:
                 os.rmdir(workdir)
             except OSError:

@@ -74,6 +74,9 @@ def default_defences(expected_poison_fraction=0.05):
         Defence("epic-0.2-last-layer", gs, dict(method="epic", fraction=0.2, gradient="last-layer")),
         Defence("deep-knn", gs, dict(method="deep-knn")),
         Defence("groups", gs, dict(method="groups")),
+        # groups plus the groups training pulled far since the victim's start
+        # (issue 19); its history is the export of the victim before training.
+        Defence("trajectory", gs, dict(method="trajectory")),
         Defence("spectral", gs, dict(method="spectral", z_threshold=3.0)),
         # Control: drop a random 30% at the first drop epoch (about what the
         # EPIC rules end up dropping here), to tell removal of poisons from
@@ -152,8 +155,12 @@ def _scores_kwargs(params, seed):
     return kw
 
 
-def run_gradscore(run, x, y, cfg, defence, seed, device, workdir, num_classes):
-    """Continue ``run`` (after the warm-up) under gradscore's schedule; return kept mask and time."""
+def run_gradscore(run, x, y, cfg, defence, seed, device, workdir, num_classes, reference=None):
+    """Continue ``run`` (after the warm-up) under gradscore's schedule; return kept mask and time.
+
+    ``reference``: the export of the victim before training, the history of
+    ``method="trajectory"`` (as a ``DropSchedule(reference=...)`` passes it).
+    """
     n = len(x)
     ids = np.arange(n)
     keep = np.ones(n, dtype=bool)
@@ -170,7 +177,8 @@ def run_gradscore(run, x, y, cfg, defence, seed, device, workdir, num_classes):
             gradscore.write_epoch(h5, labels=y, logits=logits, features=feats, ids=ids,
                                   epoch=e, num_classes=num_classes)
             out = os.path.join(workdir, f"epoch_{e:03d}.keep.txt")
-            gradscore.score_files(h5, output=out, previous=prev,
+            history = [reference] if defence.params.get("method") == "trajectory" else None
+            gradscore.score_files(h5, output=out, previous=prev, history=history,
                                   **_scores_kwargs(defence.params, seed))
             kept_ids = gradscore.read_keeplist(out)
             keep = gradscore.keep_mask(ids, kept_ids)
@@ -235,6 +243,17 @@ def run_target(pretrained, splits, xp, yp, poison_idx, target, cfg, defences, *,
     # Undefended, with a snapshot after the warm-up for the gradscore branches.
     t0 = time.perf_counter()
     base = _Run(make_victim(pretrained, splits.num_classes, cfg, seed), cfg)
+    reference, t_ref = None, 0.0
+    if any(d.params.get("method") == "trajectory" for d in by_kind.get("gradscore", [])):
+        # The victim before training: the reference a DropSchedule user exports.
+        t1 = time.perf_counter()
+        feats, logits = M.outputs(base.model, xp, device)
+        os.makedirs(workdir, exist_ok=True)
+        reference = os.path.join(workdir, "reference_epoch_000.h5")
+        gradscore.write_epoch(reference, labels=yp, logits=logits, features=feats,
+                              ids=np.arange(n), epoch=0, num_classes=splits.num_classes)
+        t_ref = time.perf_counter() - t1
+        t0 += t_ref      # not part of the victim's training time
     if trajectory is None:
         base.train(xp, yp, all_rows, 0, cfg.drop_after, seed, device)
         warm = base.clone()
@@ -272,7 +291,10 @@ def run_target(pretrained, splits, xp, yp, poison_idx, target, cfg, defences, *,
         t0 = time.perf_counter()
         run = warm.clone()
         keep, t_def = run_gradscore(run, xp, yp, cfg, d, seed, device,
-                                    os.path.join(workdir, d.name), splits.num_classes)
+                                    os.path.join(workdir, d.name), splits.num_classes,
+                                    reference=reference)
+        # The reference's export is part of the method's cost.
+        t_def += t_ref if d.params.get("method") == "trajectory" else 0.0
         record(d, run.model, keep, t_def, t_warm + time.perf_counter() - t0)
 
     for d in by_kind.get("random", []):
