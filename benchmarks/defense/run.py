@@ -189,7 +189,11 @@ def warm_up_jit():
         warnings.simplefilter("ignore")
         for d in V.default_defences():
             if d.kind == "gradscore":
-                gradscore.score(labels, logits, feats, **d.params)
+                kw = {}
+                if d.params.get("method") == "trajectory":
+                    from gradscore.history import history_from_arrays
+                    kw["history"] = history_from_arrays(labels, [(labels, logits)])
+                gradscore.score(labels, logits, feats, **d.params, **kw)
 
 
 def limit_threads(n):
