@@ -80,19 +80,35 @@ def _flat_grad(net, x, y, create_graph):
 
 
 def craft_brew(proxies, splits, target_x, adv_class, *, n_poisons, epsilon, steps, restarts,
-               lr, augment, seed, device):
-    """Poisons for one target; returns ``(x_poisoned_train, y_train, poison_idx, loss)``."""
+               lr, augment, seed, device, select="random"):
+    """Poisons for one target; returns ``(x_poisoned_train, y_train, poison_idx, loss)``.
+
+    ``select``: ``"random"`` bases of the adversarial class (seeded), or
+    ``"gradnorm"``: those whose parameter gradient on the proxies is largest
+    (Witches' Brew's selection: they move the model most).
+    """
     import torch
     rng = np.random.default_rng(seed)
     rows = np.flatnonzero(splits.y_train == adv_class)
-    idx = np.sort(rng.choice(rows, size=min(n_poisons, rows.size), replace=False))
+    for net in proxies:
+        for p in net.parameters():
+            p.requires_grad_(True)
+    if select == "gradnorm":
+        norms = np.zeros(rows.size)
+        for net in proxies:
+            for i, r in enumerate(rows):
+                x = torch.as_tensor(splits.x_train[r:r + 1], dtype=torch.float32, device=device)
+                y = torch.as_tensor(splits.y_train[r:r + 1], dtype=torch.long, device=device)
+                norms[i] += float(_flat_grad(net, x, y, create_graph=False).norm())
+        idx = np.sort(rows[np.argsort(-norms, kind="stable")[:n_poisons]])
+    elif select == "random":
+        idx = np.sort(rng.choice(rows, size=min(n_poisons, rows.size), replace=False))
+    else:
+        raise ValueError(f"select must be 'random' or 'gradnorm'; got {select!r}")
     xb = torch.as_tensor(splits.x_train[idx], dtype=torch.float32, device=device)
     yb = torch.as_tensor(splits.y_train[idx], dtype=torch.long, device=device)
     xt = torch.as_tensor(target_x, dtype=torch.float32, device=device)
     at = torch.full((len(xt),), int(adv_class), dtype=torch.long, device=device)
-    for net in proxies:
-        for p in net.parameters():
-            p.requires_grad_(True)
     tgrads = []
     for net in proxies:
         g = _flat_grad(net, xt, at, create_graph=False).detach()

@@ -32,7 +32,9 @@ the reference is a random head or net: its margins carry no signal).
 
 Usage::
 
-    python -m benchmarks.defense.dynamics --dir benchmarks/out/defense [--epoch-index 0]
+    python -m benchmarks.defense.dynamics --dir benchmarks/out/defense benchmarks/out/defense-10pct
+
+Each folder gets ``dynamics.json``; the report (``report.py``) shows the table.
 """
 
 import argparse
@@ -159,7 +161,7 @@ def summarise(rows):
     for r in rows:
         by.setdefault(r["attack"], []).append(r)
     for attack, rs in by.items():
-        t = dict(attack=attack, exports=len(rs), epoch=rs[0]["epoch"],
+        t = dict(attack=attack, exports=len(rs), epoch=rs[0]["epoch"], mode=rs[0]["mode"],
                  ref_agrees=float(np.mean([r["ref_agrees"] for r in rs])),
                  poison_share=float(np.mean([r["poison_share"] for r in rs])),
                  **{f"{m}_{q}": float(np.mean([r[f"{m}_{q}"] for r in rs]))
@@ -180,7 +182,7 @@ def summarise(rows):
     return table
 
 
-def markdown(rows, modes=None):
+def markdown(rows):
     lines = ["| attack | victim | exports | poisons / class | reference gives clean data "
              "their label | AUROC: gain / AUM / loss shape / ref margin | poison group's "
              "gain lift vs clean classes' largest (median nats; exports where larger) | "
@@ -188,7 +190,7 @@ def markdown(rows, modes=None):
              "clean dropped |",
              "|---|---|---|---|---|---|---|---|---|"]
     for t in summarise(rows):
-        mode = (modes or {}).get(t["attack"], "?")
+        mode = t["mode"]
         j = t["judged"]
         lines.append(
             f"| {t['attack']} | {mode} | {t['exports']} | {100 * t['poison_share']:.0f}% | "
@@ -204,32 +206,39 @@ def markdown(rows, modes=None):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", nargs="+", required=True,
-                    help="run.py output folder(s) with trajectory/")
+                    help="run.py output folder(s) with trajectory/; each gets a dynamics.json")
     ap.add_argument("--attacks", nargs="+", default=None)
     ap.add_argument("--epoch-index", type=int, default=0,
                     help="which drop epoch (0 = the first)")
-    ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
-    rows, modes = [], {}
+    rows = []
     for d in args.dir:
-        for path in sorted(glob.glob(os.path.join(d, "trajectory", "*.npz"))):
-            if path.endswith(".tmp.npz"):
-                continue          # being written
-            attack, target = os.path.basename(path)[:-4].rsplit("_", 1)
-            if args.attacks and attack not in args.attacks:
-                continue
-            traj = load(path)
-            modes[attack] = str(traj["mode"])
-            e = int(traj["drop_epochs"][args.epoch_index])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                rows.append(dict(attack=attack, target=int(target), **measure(traj, e)))
-    if args.json:
-        with open(args.json + ".tmp", "w") as fh:
-            json.dump(rows, fh, indent=1)
-        os.replace(args.json + ".tmp", args.json)
-    print(markdown(rows, modes))
+        mine = collect(d, args.attacks, args.epoch_index)
+        path = os.path.join(d, "dynamics.json")
+        with open(path + ".tmp", "w") as fh:
+            json.dump(mine, fh, indent=1)
+        os.replace(path + ".tmp", path)
+        rows += mine
+    print(markdown(rows))
     return 0
+
+
+def collect(folder, attacks=None, epoch_index=0):
+    """The measures of every saved trajectory in ``folder``."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(folder, "trajectory", "*.npz"))):
+        if path.endswith(".tmp.npz"):
+            continue          # being written
+        attack, target = os.path.basename(path)[:-4].rsplit("_", 1)
+        if attacks and attack not in attacks:
+            continue
+        traj = load(path)
+        e = int(traj["drop_epochs"][epoch_index])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows.append(dict(attack=attack, target=int(target), mode=str(traj["mode"]),
+                             **measure(traj, e)))
+    return rows
 
 
 if __name__ == "__main__":

@@ -489,6 +489,29 @@ def _signals_section(out):
     ]
 
 
+def _dynamics_section(out):
+    rows = _json_rows(out, "dynamics.json")
+    if not rows:
+        return []
+    from .dynamics import markdown
+    return [
+        "## How training moves poisons and clean data (trajectory signals)",
+        "",
+        "From `python -m benchmarks.defense.dynamics` over the undefended victims' saved "
+        "trajectories (`run.py --save-trajectory`): at the first drop epoch, per signal, the "
+        "AUROC of the poisons against the clean examples of their class (gain: own-label "
+        "margin now minus before training, poisons high; AUM: mean margin over the epochs "
+        "so far, poisons low; loss shape: distance of the log-loss curve from the class's "
+        "median curve, in per-epoch MADs; ref margin: the margin before training, poisons "
+        "low), the largest lift of a candidate group of poisons against the largest of any "
+        "clean class's group, whether the reference (the victim before training) gives clean "
+        "data their label at all, and one round of `groups` and `trajectory` on that export.",
+        "",
+        markdown(rows),
+        "",
+    ]
+
+
 def _isolation_section(out):
     rows = _json_rows(out, "isolation.json")
     if not rows:
@@ -554,7 +577,7 @@ def _replication_section(replication):
         "The same table for a second run with "
         f"{'seed ' + ', '.join(seeds) if seeds else 'another seed'}: another train/test split "
         "and pre-trained network, other targets and other poisons, none of which was looked "
-        "at while `groups` was designed. Commands:",
+        f"at while `{NEW_METHOD}` was designed. Commands:",
         "",
         *[f"- `{r['command']}`; wall time {r['wall_seconds'] / 60:.1f} min" for r in runs],
         "",
@@ -645,28 +668,30 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None, replication=No
         "",
         *_isolation_section(out),
         "",
-        "## Issue 11's targets for the `groups` method (computed)",
+        "## Issue 19's targets for the `trajectory` method (computed)",
         "",
         f"On every setting whose undefended ASR is at least {100 * TARGET_SUCCESS_ASR:.0f}%: "
-        "`groups`' ASR no higher than the best peer's (EPIC 0.1/0.2/0.3, deep-knn, spectral, "
-        f"ART ActivationDefence and SpectralSignatureDefense), at most "
-        f"{100 * TARGET_CLEAN_DROP:.0f}% of clean data dropped and at most "
+        f"`{NEW_METHOD}`'s ASR no higher than the best peer's plus "
+        f"{100 * TARGET_ASR_SLACK:.0f} points (peers: EPIC 0.1/0.2/0.3, deep-knn, groups, "
+        "spectral, ART ActivationDefence and SpectralSignatureDefense, at any clean-data "
+        f"cost), at most {100 * TARGET_CLEAN_DROP:.0f}% of clean data dropped and at most "
         f"{100 * TARGET_ACC_LOSS:.0f} point of clean accuracy lost against no defence; poison "
-        f"recall at least {100 * TARGET_RECALL:.0f}% on the backdoor and two clean-label "
-        "attacks. \"All targets met\" holds `groups` to the best peer at any clean-data "
-        "cost, as the issue states it; the column before it names the best peer that stays "
-        f"within the same {100 * TARGET_CLEAN_DROP:.0f}% bound, a second reading given for "
-        "context only.",
+        f"recall at least {100 * TARGET_RECALL:.0f}% on "
+        f"{', '.join(RECALL_SETTINGS)} where they succeed. Settings out of reach of any "
+        "per-class defence are shown and not judged. The column \"best peer within the "
+        "clean-data bound\" is context only.",
         "",
         target_lines(summary),
         "",
-        "Where `groups` misses: its poison recall over the six rounds on the targets whose "
-        "attack still succeeds under it, and on the others (docs/method.md, \"Where `groups` "
-        "misses\").",
+        "Where the group methods miss: their poison recall over the six rounds on the "
+        "targets whose attack still succeeds under them, and on the others.",
         "",
-        miss_lines(out),
+        miss_lines(out, "groups"),
+        "",
+        miss_lines(out, NEW_METHOD),
         "",
         *_replication_section(replication),
+        *_dynamics_section(out),
         *_separation_section(out),
         *_signals_section(out),
         "## Verdicts (computed)",
