@@ -77,13 +77,17 @@ def test_clean_data_is_left_alone():
         assert res.acted and not res.drop.any()
 
 
-def test_lone_outliers_are_not_a_group():
+def test_lone_rows_need_the_single_threshold():
     rng, labels, features, gain = _blobs(seed=1)
-    # Two scattered rows per class gained a lot: single examples, not a group.
+    # Scattered rows that gained 4.5 spreads: enough for a member of a pulled
+    # group, not alone, and they form no group. Rows that gained 30: alone,
+    # a dirty-label poison's trajectory.
     for c in range(3):
-        gain[np.flatnonzero(labels == c)[[5, 40]]] += 30.0
+        gain[np.flatnonzero(labels == c)[[5, 40]]] = 4.5
+    far = np.flatnonzero(labels == 2)[[10, 30]]
+    gain[far] += 30.0
     res = trajectory_drop(gain, np.ones(labels.size, bool), labels, _trees(labels, features))
-    assert not res.drop.any()
+    np.testing.assert_array_equal(np.flatnonzero(res.drop), far)
 
 
 def test_a_reference_without_signal_drops_nothing():

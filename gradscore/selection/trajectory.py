@@ -22,6 +22,10 @@ from ``min_group`` members up to ``max_group_fraction`` of the class):
    whose own gain exceeds their class's median by at least ``member_threshold``
    spreads (a group's median can be carried by a majority of it; the clean
    rows beside them, which did not move, stay).
+3. A single example whose own gain exceeds its class's median by at least
+   ``threshold`` spreads is dropped too (a dirty-label poison sits alone:
+   the starting model gave it its true class, training pulled it to the
+   label it was given).
 
 The rule acts only when the reference carries a signal: when it gives at
 least ``min_reference_agreement`` of the rows scored the label they carry
@@ -40,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 #: A group is dropped when its median gain exceeds the rest of its class's by
-#: this many gain spreads.
+#: this many gain spreads (and a single example, when its own gain does).
 THRESHOLD = 6.0
 #: ... and of such a group, the members that themselves gained this many more.
 MEMBER_THRESHOLD = 3.0
@@ -59,10 +63,12 @@ class TrajectoryResult:
     Attributes
     ----------
     drop : ndarray of shape (n,), bool
-        Rows in a group whose lift exceeds the threshold.
+        Rows the rule drops (in a group whose lift exceeds the threshold, or
+        alone).
     lift : ndarray of shape (n,), float64
-        Each row's largest group lift, in gain spreads (NaN for rows in no
-        candidate group, or when the rule did not act).
+        Each row's largest group lift, in gain spreads, or for a row dropped
+        alone its own gain above its class's median if larger (NaN for rows
+        in no candidate group, or when the rule did not act).
     spread : float
         The gain spread (nats of margin) the lifts are measured in.
     reference_agreement : float
@@ -191,5 +197,8 @@ def trajectory_drop(gain, reference_agrees, labels, trees, *, threshold=THRESHOL
         lift[rows] = group_lifts(g, ei, ej, min_group=min_group,
                                  max_group_fraction=max_group_fraction) / spread
         own[rows] = (g - np.median(g)) / spread
-    drop = (np.nan_to_num(lift, nan=-np.inf) > threshold) & (own >= member_threshold)
+    drop = ((np.nan_to_num(lift, nan=-np.inf) > threshold) & (own >= member_threshold)) \
+        | (own >= threshold)
+    # A single example's lift is its own gain above its class's median.
+    lift = np.where(own >= threshold, np.fmax(lift, own), lift)
     return TrajectoryResult(drop, lift, spread, agreement, True)
