@@ -53,7 +53,7 @@ MIN_GROUP = 3
 #: ... up to this fraction of the class (as ``groups``).
 MAX_GROUP_FRACTION = 0.5
 #: The reference must give at least this share of the rows their label.
-MIN_REFERENCE_AGREEMENT = 0.5
+MIN_REFERENCE_AGREEMENT = 0.8
 
 
 @dataclass
