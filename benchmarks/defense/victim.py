@@ -258,7 +258,11 @@ def run_target(pretrained, splits, xp, yp, poison_idx, target, cfg, defences, *,
         base.train(xp, yp, all_rows, 0, cfg.drop_after, seed, device)
         warm = base.clone()
         t_warm = time.perf_counter() - t0
-        base.train(xp, yp, all_rows, cfg.drop_after, cfg.epochs - cfg.drop_after, seed, device)
+        # The finished undefended victim is needed for its own row and for ART's
+        # detectors; a run adding gradscore defences only needs the warm-up.
+        if set(by_kind) & {"none", "art-ac", "art-ss"}:
+            base.train(xp, yp, all_rows, cfg.drop_after, cfg.epochs - cfg.drop_after, seed,
+                       device)
         t_none = time.perf_counter() - t0
     else:
         # The same training one epoch at a time (the shuffle of an epoch
