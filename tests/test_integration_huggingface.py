@@ -219,3 +219,19 @@ def test_trainer_resumes_from_its_checkpoint_and_the_state_file(tmp_path):
     assert len(marks.marks) == 1  # only epoch 3 ran
     assert sorted(ids[rec.log[marks.marks[0]:]].tolist()) == keep2.tolist()
     assert set(schedule.keep_ids) <= set(keep2)
+
+
+def test_trajectory_schedule_exports_epoch_0_as_its_reference(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    schedule = DropSchedule(warmup=1, freq=1, stop=1, method="trajectory")
+    callback = GradscoreTrainerCallback(digits_tokens(str_ids=True), str(run),
+                                        schedule=schedule, id_column="id")
+    trainer = transformers.Trainer(model=tiny_bert(), args=_args(tmp_path, 1),
+                                   train_dataset=callback.train_dataset, callbacks=[callback])
+    # A freshly initialised classifier knows nothing yet: the method says so.
+    with pytest.warns(gradscore.GradscoreWarning, match="reference export gives only"):
+        trainer.train()
+    ref = str(run / "epoch_000.h5")
+    assert callback.exports == [ref, str(run / "epoch_001.h5")]
+    assert schedule.reference == [ref] and schedule.done == [1]

@@ -216,3 +216,17 @@ def test_callback_and_layer_errors(tmp_path, digits):
         export_epoch(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(100),
                      tmp_path / "e.h5")
     assert not (tmp_path / "e.h5").exists()
+
+
+def test_trajectory_schedule_exports_epoch_0_as_its_reference(tmp_path, digits):
+    x, y = digits
+    model = make_model(2)
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)   # a model that knows the task
+    sched = DropSchedule(warmup=1, freq=1, stop=1, method="trajectory")
+    cb = GradscoreCallback(export_data(x, y), tmp_path, schedule=sched)
+    model.fit(base_dataset(x, y).batch(64).map(lambda i, a, b: (a, b)), epochs=1, verbose=0,
+              callbacks=[cb])
+    ref = os.fspath(tmp_path / "epoch_000.h5")
+    assert cb.exports == [ref, os.fspath(tmp_path / "epoch_001.h5")]
+    assert sched.reference == [os.path.abspath(ref)] and sched.done == [1]
+    assert read_epoch(ref).epoch == 0

@@ -143,3 +143,17 @@ def test_ddp_needs_use_distributed_sampler_false(tmp_path):
                    use_distributed_sampler=False, enable_progress_bar=False,
                    enable_model_summary=False)
     callback.setup(t, None, "fit")  # accepted
+
+
+def test_trajectory_schedule_exports_epoch_0_as_its_reference(tmp_path):
+    # A network trained from scratch: its start knows nothing, so the
+    # method says so and runs as groups.
+    schedule = DropSchedule(warmup=2, freq=2, stop=2, method="trajectory")
+    pl.seed_everything(0, verbose=False)
+    train_set = digits_set(N)
+    callback = GradscoreCallback(train_set, str(tmp_path), schedule=schedule, batch_size=256)
+    module = DigitsModule(train_set, callback)
+    with pytest.warns(gradscore.GradscoreWarning, match="reference export gives only"):
+        trainer([callback], 2, devices=1).fit(module)
+    assert schedule.reference == [str(tmp_path / "epoch_000.h5")] and schedule.done == [2]
+    assert gradscore.describe(str(tmp_path / "epoch_000.h5"))["n"] == N
