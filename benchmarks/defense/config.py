@@ -73,7 +73,9 @@ ATTACKS["gradient-matching-10pct"] = dict(
     art="Witches' Brew (brew.py: from-scratch proxies, restarts, shift augmentation)",
     kind="brew", dataset="digits-aug", victim=VictimConfig(mode="scratch", lr=1e-3),
     n_poisons=60,
-    params=dict(epsilon=32 / 255, steps=240, restarts=4, n_proxies=4, lr=0.1, augment=True))
+    # eps 32/255 failed on 6 of 6 explored targets, 64/255 succeeded on 1 of 4
+    # (FINDINGS.md); 2 restarts halve the craft, which the explored 128/255 runs used.
+    params=dict(epsilon=64 / 255, steps=240, restarts=2, n_proxies=4, lr=0.1, augment=True))
 
 ATTACK_ORDER = ["backdoor", "gradient-matching", "gradient-matching-35", "bullseye-polytope",
                 "feature-collision"]
