@@ -26,3 +26,19 @@ def one_blas_thread_each(jobs):
     if jobs > 1:
         return threadpool_limits(limits=1, user_api="blas")
     return nullcontext()
+
+
+def one_blas_thread():
+    """One BLAS thread for the caller's products, unless BLAS already has one.
+
+    For kernels whose results must not depend on how BLAS splits a product
+    over threads (the cross-class search's distances): the split changes the
+    last bits of the values. Set only when needed: a process whose tasks run
+    on several threads at once (local threads, Dask workers) has one BLAS
+    thread already.
+    """
+    from threadpoolctl import threadpool_info
+    if all(p.get("num_threads", 1) <= 1 for p in threadpool_info()
+           if p.get("user_api") == "blas"):
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")

@@ -64,6 +64,7 @@ import numpy as np
 
 from gradscore import neighbors as nb
 from gradscore.gradients import DenseGradients
+from gradscore.selection import groups
 from gradscore.selection.groups import tree_edges
 
 K = 20
@@ -75,23 +76,8 @@ def tree_nodes(features):
     n = features.shape[0]
     idx, d2, _ = nb.kneighbors(DenseGradients(features), min(K, n - 1))
     ei, ej, _ = tree_edges(idx, d2)
-    parent = np.arange(n)
-    members = {i: [i] for i in range(n)}
-
-    def find(x):
-        while parent[x] != x:
-            x = parent[x]
-        return x
-
-    for a, b in zip(ei, ej):
-        a, b = find(a), find(b)
-        if a == b:
-            continue
-        if len(members[a]) < len(members[b]):
-            a, b = b, a
-        parent[b] = a
-        members[a] += members.pop(b)
-        yield np.array(members[a])
+    for members in groups.tree_nodes(ei, ej, n):
+        yield np.array(members)
 
 
 def own_margin(logits, labels):

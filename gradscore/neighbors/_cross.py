@@ -44,13 +44,13 @@ duplicate rows lie at distance 0. In-memory, spilled and distributed runs
 therefore give the same lists.
 """
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 import os
 import pickle
 
 import numpy as np
 
+from .._threads import one_blas_thread
 from ..errors import GradscoreError
 from ._cells import (kmeans, nearest_centroids, cell_means, row_hashes, rownorms,
                                scan_block, smallest_per_row, split_direction)
@@ -391,19 +391,6 @@ def search_cells(task):
     """
     with one_blas_thread():
         return _search_cells(task)
-
-
-def one_blas_thread():
-    """One BLAS thread for the caller's products, unless BLAS already has one.
-
-    Set only when needed: a process whose tasks run on several threads at
-    once (local threads, Dask workers) has one BLAS thread already.
-    """
-    from threadpoolctl import threadpool_info, threadpool_limits
-    if all(p.get("num_threads", 1) <= 1 for p in threadpool_info()
-           if p.get("user_api") == "blas"):
-        return nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _search_cells(task):

@@ -132,6 +132,33 @@ def single_linkage(knn_idx, knn_d2):
     return length, size
 
 
+def tree_nodes(ei, ej, n):
+    """The single-linkage tree's nodes in merge order: each merge's member list.
+
+    Replays one class's tree edges (:func:`tree_edges`, in merge order) with
+    a union-find, the smaller node merged into the larger. The list yielded
+    is the new node's own and grows at later merges: copy it to keep it.
+    """
+    parent = np.arange(n)
+    members = {i: [i] for i in range(n)}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(ei, ej):
+        a, b = find(a), find(b)
+        if a == b:
+            continue
+        if len(members[a]) < len(members[b]):
+            a, b = b, a
+        parent[b] = a
+        members[a] += members.pop(b)
+        yield members[a]
+
+
 def reverse_graph(nbr_idx):
     """CSR of the reversed k-NN graph: ``src[ptr[j]:ptr[j+1]]`` list ``j``."""
     n, k = nbr_idx.shape

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .groups import tree_nodes
+
 #: A group is dropped when its median gain exceeds the rest of its class's by
 #: this many gain spreads (and a single example, when its own gain does).
 THRESHOLD = 6.0
@@ -120,31 +122,12 @@ def group_lifts(values, ei, ej, *, min_group=MIN_GROUP, max_group_fraction=MAX_G
     max_size = int(np.floor(max_group_fraction * n))
     if n < 2 * min_group or max_size < min_group:
         return lift
-    parent = np.arange(n)
-    members = {i: [i] for i in range(n)}
     order = np.argsort(values, kind="stable")
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
     sorted_vals = values[order]
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in zip(ei, ej):
-        a, b = find(a), find(b)
-        if a == b:
-            continue
-        if len(members[a]) < len(members[b]):
-            a, b = b, a
-        parent[b] = a
-        members[a] += members.pop(b)
-        g = members[a]
-        if len(g) > max_size:
-            continue
-        if len(g) < min_group:
+    for g in tree_nodes(ei, ej, n):
+        if not min_group <= len(g) <= max_size:
             continue
         inside = np.zeros(n, bool)
         inside[rank[g]] = True           # positions in sorted order
