@@ -21,6 +21,14 @@ are not gradscore dependencies: ``pip install faiss-cpu hnswlib``.
 
     python benchmarks/bench_cross_knn.py --n 100000 --features 512 --write-docs
     python benchmarks/bench_cross_knn.py --blas-rate   # float32 BLAS GFLOP/s, one thread
+
+``--probes P,C ...`` runs the cells search in this process with ``P`` cells
+of the row's class and ``C`` of other classes, against the exact lists a
+plain run saved (benchmarks/out/cross-exact-NxD.npz); ``--profile FILE``
+profiles one single-threaded cells search over an export's features:
+
+    python benchmarks/bench_cross_knn.py --n 100000 --features 512 --probes 2,1 2,2 2,4 4,4
+    python benchmarks/bench_cross_knn.py --profile benchmarks/data/s120k-120000x10x512-float16.h5
 """
 
 import argparse
@@ -183,6 +191,60 @@ def run(backend, n, d, out_dir):
                 rss=int(rss) / 1024, load=load, out=out)
 
 
+def _cells_search(inputs, n, d, **kw):
+    from threadpoolctl import threadpool_limits
+    from gradscore.neighbors._cross import cross_neighbors
+    with threadpool_limits(1, "blas"):
+        return cross_neighbors(inputs, k=K, n_rows=n, n_features=d, **kw)
+
+
+def probes_sweep(n, d, settings):
+    """Decisions of the cells search at other probe counts, against the saved exact lists."""
+    from concurrent.futures import ThreadPoolExecutor
+    from gradscore.neighbors._cross import ClassInput
+    ref_path = os.path.join(HERE, "out", f"cross-exact-{n}x{d}.npz")
+    if not os.path.exists(ref_path):
+        sys.exit(f"{ref_path} is missing: run the benchmark with the exact backend first")
+    x16, y, _ = planted(n, d)
+    x = x16.astype(np.float32)
+    ref = dict(np.load(ref_path))
+    ref_dec = decisions(y, ref["idx"], ref["own_idx"], ref["own_d2"], x)
+    inputs = [ClassInput(c, np.flatnonzero(y == c), features=x) for c in np.unique(y)]
+    for setting in settings:
+        p, c = (int(v) for v in setting.split(","))
+        t = time.perf_counter()
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            r = _cells_search(inputs, n, d, executor=pool, probes=p, cross_probes=c)
+        wall = time.perf_counter() - t
+        own_idx = np.empty_like(r.indices)
+        own_d2 = np.empty(r.indices.shape, np.float32)
+        for _, (rows, oi, od) in r.own.items():
+            own_idx[rows], own_d2[rows] = oi, od
+        dec = decisions(y, r.indices, own_idx, own_d2, x)
+        print(f"probes {p}, cross probes {c}: {wall:.1f} s; deep-knn {int(dec[0].sum())} "
+              f"(Jaccard {jaccard(dec[0], ref_dec[0]):.3f}), groups {int(dec[1].sum())} "
+              f"(Jaccard {jaccard(dec[1], ref_dec[1]):.3f}); load avg {os.getloadavg()[0]:.1f}")
+
+
+def profile_search(path):
+    """cProfile of one single-threaded cells search over an export's features."""
+    import cProfile
+    import pstats
+    import gradscore
+    from gradscore.neighbors._cross import ClassInput
+    ep = gradscore.read_epoch(path)
+    x = np.asarray(ep.features, dtype=np.float32)
+    n, d = x.shape
+    inputs = [ClassInput(c, np.flatnonzero(ep.labels == c), features=x)
+              for c in np.unique(ep.labels)]
+    _cells_search(inputs[:1], n, d)                # compile the kernels first
+    prof = cProfile.Profile()
+    prof.enable()
+    _cells_search(inputs, n, d)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
@@ -193,9 +255,16 @@ def main():
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--blas-rate", action="store_true",
                     help="print one thread's float32 BLAS rate (what an exact search costs)")
+    ap.add_argument("--probes", nargs="+", metavar="P,C",
+                    help="cells search in process at these probe counts, against the exact lists")
+    ap.add_argument("--profile", metavar="FILE", help="profile one cells search over FILE")
     a = ap.parse_args()
     if a.blas_rate:
         return blas_rate()
+    if a.probes:
+        return probes_sweep(a.n, a.features, a.probes)
+    if a.profile:
+        return profile_search(a.profile)
     if a.child:
         return child(a.child, a.n, a.features, a.out)
     import bench_score

@@ -32,6 +32,15 @@ from .tasks import CROSS_CLASS_METHODS, gather, score_spilled_class
 from .crossclass import spilled_cross_class_votes
 
 SPILL_CHOICES = ("auto", "always", "never")
+#: Methods that run in memory only, and why (with the way out).
+IN_MEMORY_METHODS = {
+    "trajectory": "reads the history of every row in memory, so it cannot run from a spill, "
+                  "a client or an executor; run it in memory (spill='never', no client), or "
+                  "use method='groups', which runs everywhere",
+    "label-support": "fits a head on every row's features in memory, so it cannot run from "
+                     "a spill, a client or an executor; run it in memory (spill='never', no "
+                     "client)",
+}
 #: ``spill="auto"`` spills when the arrays an in-memory run would hold
 #: (float32 logits, and features when the method needs them) exceed this.
 SPILL_ABOVE_BYTES = 512 * 2**20
@@ -144,15 +153,8 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
     prev_ids = read_keeplist(previous) if previous is not None else None
     method, gradient = params.get("method", "epic"), params.get("gradient", "logits")
     remote = client is not None or executor is not None
-    if method == "trajectory" and (remote or spill == "always"):
-        raise GradscoreError("method='trajectory' reads the history of every row in memory, "
-                             "so it cannot run from a spill, a client or an executor; run it "
-                             "in memory (spill='never', no client), or use method='groups', "
-                             "which runs everywhere")
-    if method == "label-support" and (remote or spill == "always"):
-        raise GradscoreError("method='label-support' fits a head on every row's features in "
-                             "memory, so it cannot run from a spill, a client or an executor; "
-                             "run it in memory (spill='never', no client)")
+    if method in IN_MEMORY_METHODS and (remote or spill == "always"):
+        raise GradscoreError(f"method={method!r} {IN_MEMORY_METHODS[method]}")
     check_history(method, history)
     if isinstance(history, (str, os.PathLike)):
         history = [history]
@@ -171,7 +173,7 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
         own_pool = executor = ThreadPoolExecutor(jobs)
         blas = one_blas_thread_each(jobs)
     try:
-        if method in ("trajectory", "label-support"):
+        if method in IN_MEMORY_METHODS:
             indexes = None
         else:
             indexes = _map(executor, partial(read_index, max_memory=max_memory), paths,

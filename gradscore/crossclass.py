@@ -210,7 +210,7 @@ def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executo
         found.own = None
         group_drop, share = foreign_groups(
             lab, idx, trees, num_classes=num_classes,
-            clump_voters=_clump_voters(found, act, executor))
+            clump_voters=_clump_voters(found, act, pos, executor))
         if params["method"] == "trajectory":
             moved = _trajectory(lab, logits[act], history.take(act), trees)
     agreement[act], drop[act] = deep_knn_agreement(lab, idx, num_classes, ignore=group_drop)
@@ -237,18 +237,16 @@ def _trajectory(labels, logits, history, trees):
     return res
 
 
-def _clump_voters(found, act, executor):
+def _clump_voters(found, act, pos, executor):
     """``clump_voters`` for :func:`foreign_groups`, over the search's store.
 
-    Voters and members are positions in ``act``; the store works in row
-    numbers. Each call is one pass over the features (the clumps' centres,
+    Voters and members are positions in ``act`` (``pos`` maps a row number
+    back to its position); the store works in row numbers. Each call is one pass over the features (the clumps' centres,
     then every class against them).
     """
     def voters(members, ignore, k):
         rows = [act[m] for m in members]
         near = nearest_to_centres_in_store(found.store, found.cells, rows, act[ignore], k,
                                            executor=executor)
-        pos = np.full(int(act.max()) + 1, -1, np.int64)
-        pos[act] = np.arange(act.size)
         return [pos[r] for r in near]
     return voters

@@ -64,6 +64,7 @@ import numpy as np
 
 from gradscore import neighbors as nb
 from gradscore.gradients import DenseGradients
+from gradscore.history import own_margin
 from gradscore.selection import groups
 from gradscore.selection.groups import tree_edges
 
@@ -78,14 +79,6 @@ def tree_nodes(features):
     ei, ej, _ = tree_edges(idx, d2)
     for members in groups.tree_nodes(ei, ej, n):
         yield np.array(members)
-
-
-def own_margin(logits, labels):
-    """Each row's label logit minus its largest other logit."""
-    rows = np.arange(labels.size)
-    other = logits.copy()
-    other[rows, labels] = -np.inf
-    return logits[rows, labels] - other.max(1)
 
 
 def node_lifts(logits, label, features, is_poison, nodes=None):
@@ -153,7 +146,7 @@ def measure(labels, logits, features, is_poison, start_logits=None):
     out = dict(clean_lifts=[], clean_sil=[])
     gain = None
     if start_logits is not None:
-        gain = own_margin(logits, labels) - own_margin(start_logits.astype(np.float64), labels)
+        gain = own_margin(labels, logits) - own_margin(labels, start_logits)
         out["clean_gain_lifts"] = []
     for delta in RULE_DELTAS:
         d = margin_rule(labels, logits, delta)
