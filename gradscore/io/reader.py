@@ -24,6 +24,7 @@ import numpy as np
 
 from .._validation import check_finite, format_rows
 from ..errors import GradscoreError
+from ..limits import ID_RULE, MAX_ID_BYTES, check_id_bytes
 from . import schema as S
 
 
@@ -146,13 +147,14 @@ class _Source:
                 self.id_kind = "int"
             elif h5py.check_string_dtype(d.dtype) is not None:
                 self.id_kind = "str"
+                self._check_id_width(d)
             else:
                 raise self.err(S.IDS, f"must hold int64 or UTF-8 strings; got dtype {d.dtype}")
         else:
             self.id_kind = None
         self._resolve_shapes()
         try:
-            self.epoch = self.f.attrs.get(S.ATTR_EPOCH)
+            self.epoch = _small_attr(self.f, S.ATTR_EPOCH, self.path)
         except (OSError, RuntimeError, TypeError, ValueError) as exc:
             raise self.err(None, f"attribute 'epoch' could not be read: {exc}") from None
         if self.epoch is not None:
@@ -163,7 +165,7 @@ class _Source:
 
     def _resolve_shapes(self):
         ds = self.ds
-        attr_c = self.f.attrs.get(S.ATTR_NUM_CLASSES)
+        attr_c = _small_attr(self.f, S.ATTR_NUM_CLASSES, self.path)
         has_wb = S.WEIGHT in ds or S.BIAS in ds
         if has_wb and not (S.WEIGHT in ds and S.BIAS in ds):
             raise self.err(None, "has only one of 'weight' and 'bias'; give both or neither")
@@ -198,6 +200,34 @@ class _Source:
             raise self.err(None, "has 0 classes")
         self.n_features = ds[S.FEATURES].shape[1] if S.FEATURES in ds else None
 
+    def _check_id_width(self, d):
+        """Refuse fixed-length string ids wider than the id rule, from the
+        datatype alone: a gzip chunk of 200,000-byte strings of one letter
+        is a few hundred bytes on disk and 200 KB a row in memory."""
+        width = h5py.check_string_dtype(d.dtype).length
+        if width is None or width <= MAX_ID_BYTES:
+            return  # variable length: checked block by block as read
+        # Name the first offending rows when a small read can (a few rows,
+        # one small chunk); otherwise the declared width alone refuses.
+        rows = ""
+        chunk = _chunk_bytes(d) if d.chunks is not None else width * d.shape[0]
+        if width <= 2**20 and chunk <= 16 * 2**20:
+            k = min(d.shape[0], max(1, 2**20 // width))
+            try:
+                head = d[:k]
+            except _CORRUPT:
+                head = None
+            if head is not None:
+                lengths = np.char.str_len(head) if head.dtype.kind == "S" else \
+                    np.array([len(v) for v in head.tolist()])
+                bad = np.flatnonzero(lengths > MAX_ID_BYTES)
+                if bad.size:
+                    rows = (f"; {format_rows(bad)} of the first {k} hold longer ids "
+                            f"(longest: {int(lengths[bad].max())} bytes)")
+        raise self.err(S.IDS, f"stores fixed-length strings of {width} bytes, wider than "
+                       f"the {MAX_ID_BYTES}-byte id limit, for its {d.shape[0]} rows "
+                       f"(0..{d.shape[0] - 1}){rows}; {ID_RULE}. Refused before reading")
+
     def read(self, name, sl=slice(None)):
         try:
             return self.ds[name][sl]
@@ -212,6 +242,31 @@ class _Source:
 
 
 # ------------------------------------------------------- pre-read checks
+
+#: Bytes an attribute gradscore reads (``epoch``, ``num_classes``,
+#: ``sha256``) may take in the file; checked before it is read.
+MAX_ATTR_BYTES = 4096
+
+
+def _small_attr(obj, name, path):
+    """``obj.attrs.get(name)``, refusing an attribute larger than
+    :data:`MAX_ATTR_BYTES` before reading it (dense attribute storage lets
+    one attribute take gigabytes)."""
+    try:
+        if name not in obj.attrs:
+            return None
+        aid = obj.attrs.get_id(name)
+        size = aid.get_storage_size()
+        shape = aid.shape or ()
+        declared = math.prod(shape) * aid.dtype.itemsize
+    except _CORRUPT as exc:
+        raise GradscoreError(f"{path}: attribute '{name}' could not be read: {exc}") from None
+    if max(size, declared) > MAX_ATTR_BYTES:
+        where = f"dataset '{obj.name.lstrip('/')}' " if obj.name != "/" else ""
+        raise GradscoreError(
+            f"{path}: {where}attribute '{name}' takes {max(size, declared)} bytes; attributes "
+            f"gradscore reads are limited to {MAX_ATTR_BYTES} bytes. Refused before reading")
+    return obj.attrs.get(name)
 
 #: Bytes of one id held in memory: int64, or a Python str object (an
 #: estimate: CPython's str header is 49 bytes, plus the text and a pointer).
@@ -254,8 +309,9 @@ def parse_memory(value, *, name="max_memory"):
 
 def available_memory():
     """Memory this process may still take, in bytes: ``MemAvailable`` from
-    /proc/meminfo (Linux), capped by a cgroup limit when one is set; else
-    the free physical pages; None when the platform tells nothing."""
+    /proc/meminfo (Linux), capped by what is left of an address-space limit
+    (``ulimit -v``) and by a cgroup limit when one is set; else the free
+    physical pages; None when the platform tells nothing."""
     avail = None
     try:
         with open("/proc/meminfo") as fh:
@@ -270,6 +326,18 @@ def available_memory():
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             return None
+    # An address-space limit (ulimit -v, RLIMIT_AS) caps what this process
+    # can map whatever the machine has: what is left of it counts too.
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as fh:
+                vm = next((int(line.split()[1]) * 1024 for line in fh
+                           if line.startswith("VmSize:")), 0)
+            avail = min(avail, max(0, soft - vm))
+    except (ImportError, OSError, ValueError):
+        pass
     for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
                                    ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
                                     "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
@@ -391,9 +459,11 @@ def _needed_bytes(sources, *, keep_features, block_rows):
     first = sources[0]
     total = sum(s.n for s in sources)
     c, d = first.num_classes, first.n_features
-    parts = {S.LABELS: 2 * 8 * total,  # the file's integers, then int64
+    parts = {S.LABELS: 8 * total,  # int64, read in blocks
              S.LOGITS: 4 * c * total}
-    if first.id_kind is not None:
+    if first.id_kind == "str":
+        parts[S.IDS] = sum(_str_id_bytes(s) for s in sources) + 8 * total  # + sort order
+    elif first.id_kind is not None:
         parts[S.IDS] = (_ID_BYTES[first.id_kind] + 8) * total  # ids + sort order
     else:
         parts[S.IDS] = 2 * 8 * total  # default ids + sort order
@@ -410,6 +480,25 @@ def _needed_bytes(sources, *, keep_features, block_rows):
             break
     parts["(block buffers)"] = temp
     return parts
+
+
+def _str_id_bytes(src):
+    """Bytes one file's string ids take as Python str objects, at most.
+
+    Fixed-length: the declared width (at most :data:`MAX_ID_BYTES`, checked
+    at open). Variable-length strings live uncompressed in the file's global
+    heap, so together they take at most the file's size, and each at most
+    the id limit once checked.
+    """
+    width = h5py.check_string_dtype(src.ds[S.IDS].dtype).length
+    per_row = 57  # CPython's str header (49 bytes) and the array's pointer
+    if width is not None:
+        return src.n * (per_row + width)
+    try:
+        heap = os.path.getsize(src.path)
+    except OSError:
+        heap = src.n * MAX_ID_BYTES
+    return src.n * per_row + min(src.n * MAX_ID_BYTES, heap)
 
 
 def _check_size(sources, *, keep_features, block_rows, max_memory, only=None):
@@ -442,25 +531,51 @@ def _check_size(sources, *, keep_features, block_rows, max_memory, only=None):
         "before allocating (give a larger --max-memory if the machine really has it)")
 
 
-def _read_ids(src):
+#: Rows of variable-length string ids read at once, at first: the block
+#: doubles while every id seen is within the limit, up to ``block_rows``,
+#: so a file of 1 MB ids is refused after reading a few of them, not all.
+_FIRST_STR_BLOCK = 64
+
+
+def _utf8_len(v):
+    return len(v) if isinstance(v, bytes) else len(str(v).encode("utf-8", "surrogatepass"))
+
+
+def _read_ids(src, block_rows=S.BLOCK_ROWS):
+    """One file's ids, read in blocks: int64, or str (object) checked
+    against the id limit block by block, before the block is decoded."""
     if src.id_kind is None:
         return None
-    raw = src.read(S.IDS)
     if src.id_kind == "int":
-        return raw.astype(np.int64)
-    try:
-        ids = np.array([v.decode("utf-8") if isinstance(v, bytes) else v
-                        for v in raw.tolist()], dtype=object)
-    except UnicodeDecodeError:
-        raise src.err(S.IDS, "holds strings that are not UTF-8") from None
-    try:
-        want = src.ds[S.IDS].attrs.get(S.ATTR_IDS_SHA256)
-    except _CORRUPT as exc:
-        raise src.err(S.IDS, f"attribute '{S.ATTR_IDS_SHA256}' could not be read: "
-                      f"{exc}") from None
+        ids = np.empty(src.n, dtype=np.int64)
+        for start in range(0, src.n, block_rows):
+            stop = min(src.n, start + block_rows)
+            ids[start:stop] = src.read(S.IDS, slice(start, stop))
+        return ids
+    want = _small_attr(src.ds[S.IDS], S.ATTR_IDS_SHA256, src.path)
+    h = S.ids_digest([]) if want is not None else None
+    ids = np.empty(src.n, dtype=object)
+    start, block = 0, min(block_rows, _FIRST_STR_BLOCK)
+    while start < src.n:
+        stop = min(src.n, start + block)
+        values = src.read(S.IDS, slice(start, stop)).tolist()
+        if h5py.check_string_dtype(src.ds[S.IDS].dtype).length is None:
+            # Variable length: each id's bytes, checked before decoding
+            # (fixed-length ids are no wider than the limit, checked at open).
+            check_id_bytes(np.fromiter(map(_utf8_len, values), dtype=np.int64,
+                                       count=len(values)),
+                           where=f"{src.path}: dataset '{S.IDS}'", row_offset=start)
+        try:
+            values = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+        except UnicodeDecodeError:
+            raise src.err(S.IDS, "holds strings that are not UTF-8") from None
+        if h is not None:
+            S.ids_digest(values, h)
+        ids[start:stop] = values
+        start, block = stop, min(block_rows, 2 * block)
     if want is not None:
         want = want.decode("ascii", "replace") if isinstance(want, bytes) else str(want)
-        got = S.ids_digest(ids.tolist()).hexdigest()
+        got = h.hexdigest()
         if got != want:
             raise src.err(S.IDS, f"does not match its attribute '{S.ATTR_IDS_SHA256}' "
                           f"(stored {want[:16]}..., computed {got[:16]}...): the strings "
@@ -615,9 +730,12 @@ def _epoch_of(sources):
     return epochs.pop() if epochs else None
 
 
-def _read_labels(src, num_classes):
-    """One file's labels as int64, checked to lie in ``[0, num_classes)``."""
-    lab = src.read(S.LABELS).astype(np.int64)
+def _read_labels(src, num_classes, block_rows=S.BLOCK_ROWS):
+    """One file's labels as int64, read in blocks, checked to lie in ``[0, num_classes)``."""
+    lab = np.empty(src.n, dtype=np.int64)
+    for start in range(0, src.n, block_rows):
+        stop = min(src.n, start + block_rows)
+        lab[start:stop] = src.read(S.LABELS, slice(start, stop))
     bad = np.flatnonzero((lab < 0) | (lab >= num_classes))
     if bad.size:
         raise src.err(S.LABELS, f"must be in [0, {num_classes}); {format_rows(bad)} are not "
