@@ -8,23 +8,33 @@ labels, repeat an id, change a value to another valid one). For an edit the
 expected outcome is known (an error, or the original data with the edit
 applied); for flips and truncation it is the original data or an error.
 Any other exception, or data that differs from the expectation, is a
-failure. The test suite runs a bounded sample of these cases with
+failure.
+
+Amplification generators (:func:`amp_fixed_ids`, :func:`amp_vlen_ids`,
+:func:`amp_zero_bomb`, :func:`amp_parquet`) build files that are small on
+disk and huge once read; ``--amplification`` runs each through the CLI
+under an address-space limit and prints outcome, time and peak memory
+(tests/test_amplification.py runs the same in the suite). The test suite runs a bounded sample of these cases with
 hypothesis (tests/test_fuzz.py); this script runs many, each batch in a
 child process, so that a crash of the HDF5 library itself (a signal) or a
 hang is counted too.
 
     python benchmarks/fuzz_reader.py --cases 20000 --seed 1
+    python benchmarks/fuzz_reader.py --amplification --limit 2GiB
 """
 
 import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import zlib
 
 import h5py
 import numpy as np
@@ -263,6 +273,213 @@ def _worker(str_ids, seeds, queue):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# ------------------------------------------------------- amplification
+
+def _small_arrays(f, n, c=3):
+    """Valid labels and logits for ``n`` rows (ids are what the case attacks)."""
+    f.attrs["num_classes"] = c
+    f.create_dataset("labels", data=np.arange(n, dtype=np.int64) % c)
+    rng = np.random.default_rng(0)
+    f.create_dataset("logits", data=rng.normal(size=(n, c)).astype(np.float32))
+
+
+def amp_fixed_ids(path, *, rows=2000, width=200_000, chunk_rows=16, unique=False):
+    """Ids as fixed-length strings of ``width`` bytes under gzip: a few hundred
+    bytes a chunk on disk, ``rows x width`` bytes once read. The issue's case
+    is ``rows=20000, width=200000, unique=True`` (4.6 MB on disk, 4 GB of ids).
+
+    With ``unique`` each chunk is compressed on its own (ids differ in their
+    first bytes); otherwise one compressed chunk is written at every offset.
+    """
+    with h5py.File(path, "w") as f:
+        _small_arrays(f, rows)
+        d = f.create_dataset("ids", shape=(rows,), dtype=f"S{width}",
+                             chunks=(chunk_rows,), compression="gzip")
+        same = None
+        for start in range(0, rows, chunk_rows):
+            buf = bytearray(b"a" * (width * chunk_rows))
+            if unique:
+                for r in range(chunk_rows):
+                    buf[r * width:r * width + 12] = f"{start + r:012d}".encode()
+            elif same is not None:
+                d.id.write_direct_chunk((start,), same)
+                continue
+            data = zlib.compress(bytes(buf), 6)
+            same = data
+            d.id.write_direct_chunk((start,), data)
+    return path
+
+
+def amp_vlen_ids(path, *, rows=200, id_bytes=100_000, long_from=0):
+    """Variable-length string ids of ``id_bytes`` bytes from row ``long_from``
+    on (short ones before it). The issue's case is ``rows=2000,
+    id_bytes=1_000_000`` (a 2 GB file)."""
+    with h5py.File(path, "w") as f:
+        _small_arrays(f, rows)
+        d = f.create_dataset("ids", shape=(rows,), dtype=h5py.string_dtype("utf-8"))
+        pad = "x" * id_bytes
+        for start in range(0, rows, 64):
+            stop = min(rows, start + 64)
+            d[start:stop] = np.array(
+                [f"{r:08d}" + (pad[8:] if r >= long_from else "") for r in range(start, stop)],
+                dtype=object)
+    return path
+
+
+def amp_zero_bomb(path, *, rows=10**9, classes=10, chunk_rows=2**20):
+    """Labels and logits of ``rows`` declared rows, every chunk the same gzip
+    chunk of zeros: ~8 MB on disk for 10^9 rows, 48 GB once read (valid
+    data: zeros are labels in range and finite logits)."""
+    with h5py.File(path, "w") as f:
+        f.attrs["num_classes"] = classes
+        for name, shape, chunks, dtype in (
+                ("labels", (rows,), (chunk_rows,), np.int64),
+                ("logits", (rows, classes), (chunk_rows // classes, classes), np.float32)):
+            d = f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks,
+                                 compression="gzip")
+            zero = zlib.compress(bytes(int(np.prod(chunks)) * np.dtype(dtype).itemsize), 9)
+            for start in range(0, rows, chunks[0]):
+                d.id.write_direct_chunk((start,) + (0,) * (len(shape) - 1), zero)
+    return path
+
+
+def amp_parquet(path, *, rows=8, cell_bytes=20 * 2**20, column="image"):
+    """A Parquet file whose ``column`` (binary) holds ``cell_bytes`` of zeros
+    a row under zstd: ~1,000-fold smaller on disk than in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cells = pa.array([bytes(cell_bytes)] * rows, type=pa.binary())
+    table = pa.table({column: cells, "label": pa.array(np.arange(rows) % 2)})
+    if column != "image":
+        table = table.append_column("image", pa.array([b"\x89PNG"] * rows))
+    pq.write_table(table, path, compression="zstd", compression_level=19,
+                   use_dictionary=False, row_group_size=rows)
+    return path
+
+
+#: Runs argv[4:] under RLIMIT_AS = argv[1] bytes with a timeout of argv[2]
+#: seconds, and writes "exit seconds peak_rss_kib" to file descriptor argv[3]. A small process
+#: of its own: a child forked from a large one (pytest, the file builder)
+#: would report the parent's resident size as its own peak.
+_LIMITED = """
+import os, resource, signal, sys, time
+limit, timeout, fd = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.close(fd)
+    os.execvp(sys.argv[4], sys.argv[4:])
+while True:
+    got, status, ru = os.wait4(pid, os.WNOHANG)
+    if got:
+        break
+    if time.perf_counter() - t0 > timeout:
+        os.kill(pid, signal.SIGKILL)
+        got, status, ru = os.wait4(pid, 0)
+        break
+    time.sleep(0.02)
+os.write(fd, f"{os.waitstatus_to_exitcode(status)} {time.perf_counter() - t0} {ru.ru_maxrss}".encode())
+"""
+
+
+def run_limited(args, *, limit, timeout=120, cwd=None):
+    """Run ``args`` in a child under ``RLIMIT_AS = limit`` bytes, killed
+    after ``timeout`` seconds.
+
+    Returns ``(returncode, stdout, stderr, seconds, peak_rss_bytes)``, the
+    peak being the command's own (``wait4`` in a small parent).
+    """
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    r, w = os.pipe()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen([sys.executable, "-c", _LIMITED, str(int(limit)), str(timeout),
+                              str(w)] + list(args), stdout=out, stderr=err, env=env, cwd=cwd,
+                             pass_fds=(w,))
+        os.close(w)
+        with os.fdopen(r) as fh:
+            report = fh.read().split()
+        p.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode("utf-8", "replace")
+        stderr = err.read().decode("utf-8", "replace")
+    if len(report) != 3:
+        raise RuntimeError(f"the limited run of {args} failed: {stderr[-2000:]}")
+    return int(report[0]), stdout, stderr, float(report[1]), int(report[2]) * 1024
+
+
+def amplification_cases(folder, *, issue_sizes=False):
+    """``(name, command args, path)`` of each amplification case, files built
+    in ``folder``; ``issue_sizes`` builds the issue's original sizes (GBs
+    once read, a 2 GB file for the variable-length ids)."""
+    j = os.path.join
+    cases = []
+    if issue_sizes:
+        amp_fixed_ids(j(folder, "fixed.h5"), rows=20000, width=200_000, unique=True)
+        amp_fixed_ids(j(folder, "fixed1m.h5"), rows=2000, width=1_000_000, unique=True)
+        amp_vlen_ids(j(folder, "vlen.h5"), rows=2000, id_bytes=1_000_000)
+        cases += [("fixed-200KB-ids x 20000 (score)", "score", j(folder, "fixed.h5")),
+                  ("fixed-1MB-ids x 2000 (score)", "score", j(folder, "fixed1m.h5")),
+                  ("vlen-1MB-ids x 2000 (inspect)", "inspect", j(folder, "vlen.h5"))]
+    else:
+        amp_fixed_ids(j(folder, "fixed.h5"))
+        amp_vlen_ids(j(folder, "vlen.h5"))
+        cases += [("fixed-200KB-ids x 2000 (score)", "score", j(folder, "fixed.h5")),
+                  ("vlen-100KB-ids x 200 (inspect)", "inspect", j(folder, "vlen.h5"))]
+    if issue_sizes:
+        amp_zero_bomb(j(folder, "zeros.h5"))
+        cases.append(("gzip zeros, 10^9 x 10 declared (score)", "score", j(folder, "zeros.h5")))
+    else:
+        amp_zero_bomb(j(folder, "zeros.h5"), rows=2 * 10**8, classes=2)
+        cases.append(("gzip zeros, 2x10^8 x 2 declared (score)", "score", j(folder, "zeros.h5")))
+    try:
+        amp_parquet(j(folder, "cells.parquet"))
+        cases.append(("parquet 20 MiB zero cells (audit)", "audit", j(folder, "cells.parquet")))
+    except ImportError:
+        pass
+    return cases
+
+
+def case_command(gradscore_bin, kind, path, folder):
+    out = os.path.join(folder, os.path.basename(path) + ".out")
+    if kind == "score":
+        return [gradscore_bin, "score", path, "-o", out + ".keep.txt", "-q"], [out + ".keep.txt"]
+    if kind == "inspect":
+        return [gradscore_bin, "inspect", path], []
+    # The audit's model is never reached: the data is refused first.
+    return [gradscore_bin, "audit", os.path.join(folder, "missing-model.onnx"), path,
+            "-o", out + ".report"], [out + ".report"]
+
+
+def amplification_main(a):
+    gradscore_bin = a.gradscore or shutil.which("gradscore") or "gradscore"
+    folder = tempfile.mkdtemp(prefix="amp-", dir=a.folder)
+    rows = []
+    try:
+        t0 = time.perf_counter()
+        cases = amplification_cases(folder, issue_sizes=a.issue_sizes)
+        print(f"built {len(cases)} files in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        for name, kind, path in cases:
+            args, outputs = case_command(gradscore_bin, kind, path, folder)
+            rc, out, err, secs, peak = run_limited(args, limit=a.limit, timeout=a.timeout)
+            last = (err.strip().splitlines() or [""])[-1]
+            rows.append({"case": name, "file_bytes": os.path.getsize(path), "exit": rc,
+                         "seconds": round(secs, 1), "peak_rss_mib": round(peak / 2**20),
+                         "wrote": [o for o in outputs if os.path.exists(o)],
+                         "message": last[:300]})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    report = {"limit_bytes": a.limit, "gradscore": gradscore_bin, "cases": rows,
+              "loadavg": open("/proc/loadavg").read().split()[:3]}
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=2000)
@@ -271,7 +488,21 @@ def main():
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
     ap.add_argument("--str-ids", action="store_true", help="base export with str ids")
     ap.add_argument("--json", help="write the counts here")
+    ap.add_argument("--amplification", action="store_true",
+                    help="run the amplification cases through the CLI instead")
+    ap.add_argument("--issue-sizes", action="store_true",
+                    help="with --amplification: the issue's original sizes (GBs once "
+                         "read; needs ~2.5 GB of disk)")
+    ap.add_argument("--limit", default="2GiB",
+                    help="with --amplification: address-space limit of each run")
+    ap.add_argument("--gradscore", help="with --amplification: the gradscore program "
+                                        "to run (default: the one on PATH)")
+    ap.add_argument("--folder", help="with --amplification: where to build the files")
     a = ap.parse_args()
+    if a.amplification:
+        from gradscore.io.reader import parse_memory
+        a.limit = parse_memory(a.limit, name="limit")
+        return amplification_main(a)
     ctx = mp.get_context("spawn")
     counts = {k: {"same": 0, "error": 0, "refused": 0, "fail": 0, "crash": 0,
                  "hang": 0} for k in KINDS}

@@ -85,6 +85,10 @@ def _dataset_options(f):
                      help="Per-channel std divided by after --mean."),
         click.option("--max-pixels", type=int, default=MAX_PIXELS, show_default=True,
                      help="Refuse images declaring more pixels (decompression bombs)."),
+        click.option("--max-cell-bytes", metavar="SIZE", default=None,
+                     help="Refuse cells (an encoded image, a string) larger than this, "
+                          "e.g. 32MiB; Parquet is checked from its metadata before reading. "
+                          "Default: 8MiB (gradscore.limits.MAX_CELL_BYTES)."),
         click.option("--skip-bad", is_flag=True,
                      help="Skip unusable files (truncated, not an image, empty, too large, "
                           "repeated ids, empty class folders) and list them, instead of "
@@ -102,7 +106,8 @@ def _dataset_kwargs(p):
                 label_column=p["label_column"], id_column=p["id_column"], split=p["split"],
                 size=_parse_size(p["size"]), layout=p["layout"],
                 mean=_parse_floats(p["mean"], "mean"), std=_parse_floats(p["std"], "std"),
-                max_pixels=p["max_pixels"], skip_bad=p["skip_bad"], workers=p["workers"])
+                max_pixels=p["max_pixels"], skip_bad=p["skip_bad"], workers=p["workers"],
+                max_cell_bytes=p["max_cell_bytes"])
 
 
 def _skipped_lines(info):

@@ -22,7 +22,8 @@ from .history import read_history
 from .io import read_epoch
 from .io._atomic import atomic_path
 from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplist_to,
-                          _write_scores_to, keep_mask, read_keeplist)
+                          _write_scores_to, check_free_space, keep_mask, output_bytes,
+                          read_keeplist)
 from .io.partition import (create_spill_files, join_indexes, read_index, spill_piece,
                            spill_pieces)
 from ._threads import n_threads, one_blas_thread_each
@@ -196,6 +197,14 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
     if out_ext == ".json":
         metadata = run_metadata(result, epoch, previous=previous)
     kept_ids = epoch.ids[result.keep]
+    # What the run writes is bounded too: at most rows x (the id limit + 1)
+    # bytes of keep-list; checked against the destination's free space.
+    need = {output: output_bytes(kept_ids, out_ext)}
+    if scores_path:
+        need[scores_path] = need.get(scores_path, 0) + output_bytes(epoch.ids, ".txt") + \
+            64 * epoch.ids.size
+    for p, b in need.items():
+        check_free_space(p, b)
     with ExitStack() as stack:
         tmp_out = stack.enter_context(atomic_path(output))
         tmp_sc = stack.enter_context(atomic_path(scores_path)) if scores_path else None

@@ -78,7 +78,8 @@ def extract_dataset(model_path, data_path, output, *, probe=False, logits_output
                     id_column=None, split=None, size=None, layout=None, mean=None, std=None,
                     max_pixels=MAX_PIXELS, skip_bad=False, n_folds=5, probe_alpha=1e-3,
                     batch_size=256, device="auto", workers=None, epoch=None,
-                    random_state=0, work_dir=None, progress=False, source=None):
+                    random_state=0, work_dir=None, progress=False, source=None,
+                    max_cell_bytes=None):
     """Run an ONNX model over a dataset and write a schema-v1 export.
 
     Parameters
@@ -120,6 +121,8 @@ def extract_dataset(model_path, data_path, output, *, probe=False, logits_output
     source : Source, default=None
         ``data_path`` already listed by :func:`open_source` (with the same
         column options), to list it once only.
+    max_cell_bytes : int or str, default=None
+        See :func:`gradscore.audit.sources.open_source` (default 8 MiB).
 
     Returns
     -------
@@ -138,7 +141,7 @@ def extract_dataset(model_path, data_path, output, *, probe=False, logits_output
         raise GradscoreError(f"{output}: output would overwrite an input file")
     src = source if source is not None else open_source(
         data_path, image_column=image_column, label_column=label_column,
-        id_column=id_column, split=split)
+        id_column=id_column, split=split, max_cell_bytes=max_cell_bytes)
     report = Skipped(ignored=[p.as_dict() for p in src.ignored])
     keep = np.ones(src.n, dtype=bool)
     for p in src.problems:

@@ -50,11 +50,12 @@ ORDER = (EXPORT, SCORES, KEEP_JSON, REPORT, KEEP)
 DEFAULT_METHOD = "label-support"
 
 #: Options of :func:`open_source`.
-SOURCE_OPTIONS = ("image_column", "label_column", "id_column", "split")
+SOURCE_OPTIONS = ("image_column", "label_column", "id_column", "split", "max_cell_bytes")
 #: Options of :func:`extract_dataset` that :func:`audit` passes through.
 EXTRACT_OPTIONS = ("logits_output", "features_output", "image_column", "label_column",
                    "id_column", "split", "size", "layout", "mean", "std", "max_pixels",
-                   "skip_bad", "n_folds", "probe_alpha", "batch_size", "device", "workers")
+                   "skip_bad", "n_folds", "probe_alpha", "batch_size", "device", "workers",
+                   "max_cell_bytes")
 
 
 def _prepare(report_dir):

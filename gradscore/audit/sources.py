@@ -37,6 +37,8 @@ import numpy as np
 
 from .._validation import format_rows
 from ..errors import GradscoreError
+from ..limits import MAX_ID_BYTES, arrow_byte_lengths, check_cell_bytes, check_id_bytes
+from ..limits import max_cell_bytes as _cell_limit
 
 #: torchvision's ``IMG_EXTENSIONS`` (``ImageFolder`` keeps only these).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -121,7 +123,7 @@ class Source:
 
 
 def open_source(path, *, image_column="image", label_column="label", id_column=None,
-                split=None):
+                split=None, max_cell_bytes=None):
     """List a dataset (image folder, Hugging Face dataset, Parquet, or array file).
 
     Parameters
@@ -133,6 +135,12 @@ def open_source(path, *, image_column="image", label_column="label", id_column=N
         Column of unique ids (int or str); default: row numbers.
     split : str, default=None
         Split of a Hugging Face ``DatasetDict``.
+    max_cell_bytes : int or str, default=None
+        Bytes one cell (an encoded image, a string) may take; default
+        :data:`gradscore.limits.MAX_CELL_BYTES` (8 MiB). Ids are at most
+        :data:`gradscore.limits.MAX_ID_BYTES` bytes. Parquet is checked
+        from its metadata (each column chunk's uncompressed size) before
+        anything is read, and cell by cell as read.
 
     Returns
     -------
@@ -147,24 +155,26 @@ def open_source(path, *, image_column="image", label_column="label", id_column=N
     path = os.fspath(path)
     if not os.path.exists(path):
         raise GradscoreError(f"{path}: no such file or folder")
+    limit = _cell_limit(max_cell_bytes)
     ext = os.path.splitext(path)[1].lower()
     if os.path.isfile(path):
         if ext in ARRAY_FORMATS:
             return _array_source(path)
         if ext == ".parquet":
-            return _parquet_source([path], path, image_column, label_column, id_column)
+            return _parquet_source([path], path, image_column, label_column, id_column,
+                                   limit)
         raise GradscoreError(
             f"{path}: not a dataset gradscore reads; give an image folder (DATA/<class>/"
             f"<image>), a Hugging Face dataset folder (save_to_disk), Parquet file(s), or "
             f"{', '.join(ARRAY_FORMATS)} holding 'inputs' and 'labels'")
     names = set(os.listdir(path))
     if names & {"dataset_info.json", "state.json", "dataset_dict.json"}:
-        return _hf_source(path, image_column, label_column, id_column, split)
+        return _hf_source(path, image_column, label_column, id_column, split, limit)
     parquet = sorted(n for n in names if n.lower().endswith(".parquet")
                      and os.path.isfile(os.path.join(path, n)))
     if parquet:
         return _parquet_source([os.path.join(path, n) for n in parquet], path, image_column,
-                               label_column, id_column)
+                               label_column, id_column, limit)
     return _image_folder(path)
 
 
@@ -318,7 +328,7 @@ def _image_payloads(where, column, base):
     return [None if b is None else bytes(b) for b in column.to_pylist()]
 
 
-def _hf_source(path, image_column, label_column, id_column, split):
+def _hf_source(path, image_column, label_column, id_column, split, limit):
     try:
         import datasets
     except ImportError as exc:
@@ -348,10 +358,16 @@ def _hf_source(path, image_column, label_column, id_column, split):
     names = _class_names_from_features(feats, label_column)
     cols = ds.with_format("arrow").select_columns(
         [label_column] + ([id_column] if id_column else []))[:]
+    if id_column:
+        # Saved datasets are memory-mapped Arrow: lengths come from the offsets.
+        check_id_bytes(arrow_byte_lengths(cols.column(id_column)),
+                       where=f"{path}: column '{id_column}'")
     labels, ids, names, problems = _labels_and_ids(
         path, cols.column(label_column), cols.column(id_column) if id_column else None,
         names, label_column, id_column)
     img = ds.with_format("arrow").select_columns([image_column])
+    check_cell_bytes(arrow_byte_lengths(img[:].column(image_column)),
+                     where=f"{path}: column '{image_column}'", limit=limit)
     base = os.path.dirname(os.path.abspath(path))
 
     def reader(rows):
@@ -368,12 +384,48 @@ def _hf_source(path, image_column, label_column, id_column, split):
     return Source("hf-dataset", path, ids, labels, names, problems, [], True, reader)
 
 
-def _parquet_source(files, path, image_column, label_column, id_column):
+def _check_parquet_declared(f, pf, image_column, label_column, id_column, limit):
+    """Refuse, from the file's metadata alone, a column chunk whose declared
+    uncompressed size is more than its rows can hold within the limits.
+
+    A cell of 20 MB of zeros compresses ~1,000-fold; the footer says how
+    large every column chunk becomes once decompressed, so nothing is read.
+    """
+    per_cell = {label_column: 16, image_column: limit + 16}
+    if id_column is not None:
+        per_cell[id_column] = MAX_ID_BYTES + 16
+    meta = pf.metadata
+    first = 0
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        declared = dict.fromkeys(per_cell, 0)
+        for i in range(rg.num_columns):
+            col = rg.column(i)
+            top = col.path_in_schema.split(".")[0]
+            if top in declared:
+                declared[top] += col.total_uncompressed_size
+        for name, size in declared.items():
+            leaves = sum(1 for i in range(rg.num_columns)
+                         if rg.column(i).path_in_schema.split(".")[0] == name)
+            allowed = rg.num_rows * per_cell[name] * max(1, leaves) + 2**20
+            if size > allowed:
+                rule = (f"ids are at most {MAX_ID_BYTES} bytes" if name == id_column else
+                        f"one cell is at most {limit} bytes (raise with --max-cell-bytes / "
+                        "max_cell_bytes=)")
+                raise GradscoreError(
+                    f"{f}: column '{name}' declares {size} bytes once decompressed in row "
+                    f"group {g} (rows {first}..{first + rg.num_rows - 1}), more than its "
+                    f"{rg.num_rows} rows can hold: {rule}. Refused before reading")
+        first += rg.num_rows
+
+
+def _parquet_source(files, path, image_column, label_column, id_column, limit=None):
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise GradscoreError(f"{path}: reading Parquet needs pyarrow ({exc}); pip install "
                              "'gradscore[audit]'") from None
+    limit = _cell_limit(None) if limit is None else limit
     pfs, schema = [], None
     for f in files:
         try:
@@ -387,6 +439,7 @@ def _parquet_source(files, path, image_column, label_column, id_column):
         elif not s.remove_metadata().equals(schema.remove_metadata()):
             raise GradscoreError(f"{f}: its schema differs from {files[0]}'s; the Parquet "
                                  "files of one dataset must share one schema")
+        _check_parquet_declared(f, pf, image_column, label_column, id_column, limit)
         pfs.append(pf)
     names = None
     meta = schema.metadata or {}
@@ -399,8 +452,11 @@ def _parquet_source(files, path, image_column, label_column, id_column):
             names = None
     import pyarrow as pa
     label_parts, id_parts, sizes = [], [], []
-    for pf in pfs:
+    for f, pf in zip(files, pfs):
         t = pf.read(columns=[label_column] + ([id_column] if id_column else []))
+        if id_column and not pa.types.is_integer(t.schema.field(id_column).type):
+            check_id_bytes(arrow_byte_lengths(t.column(id_column)),
+                           where=f"{f}: column '{id_column}'")
         label_parts.append(t.column(label_column))
         if id_column:
             id_parts.append(t.column(id_column))
@@ -427,6 +483,9 @@ def _parquet_source(files, path, image_column, label_column, id_column):
                 local = rows[order[pos]] - lo
                 g = int(np.searchsorted(group_starts, local, side="right") - 1)
                 col = pf.read_row_group(g, columns=[image_column]).column(image_column)
+                check_cell_bytes(arrow_byte_lengths(col),
+                                 where=f"{files[fi]}: column '{image_column}'", limit=limit,
+                                 row_offset=int(group_starts[g]))
                 vals = _image_payloads(files[fi], col.combine_chunks(), base)
                 g_hi = group_starts[g + 1] + lo
                 while pos < order.size and rows[order[pos]] < g_hi:

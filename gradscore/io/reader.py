@@ -519,7 +519,8 @@ def _check_size(sources, *, keep_features, block_rows, max_memory, only=None):
         limit, what = available_memory(), "the memory available on this machine"
     if limit is None or need <= limit:
         return
-    name, biggest = max(((k, v) for k, v in parts.items() if k in S.DATASETS),
+    present = {k for s in sources for k in s.ds}
+    name, biggest = max(((k, v) for k, v in parts.items() if k in present),
                         key=lambda kv: kv[1])
     rows = sum(s.n for s in sources)
     files = sources[0].path if len(sources) == 1 else \
