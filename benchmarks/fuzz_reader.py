@@ -455,7 +455,7 @@ def case_command(gradscore_bin, kind, path, folder):
 
 
 def amplification_main(a):
-    gradscore_bin = a.gradscore or shutil.which("gradscore") or "gradscore"
+    programs = a.gradscore or [shutil.which("gradscore") or "gradscore"]
     folder = tempfile.mkdtemp(prefix="amp-", dir=a.folder)
     rows = []
     try:
@@ -463,17 +463,22 @@ def amplification_main(a):
         cases = amplification_cases(folder, issue_sizes=a.issue_sizes)
         print(f"built {len(cases)} files in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         for name, kind, path in cases:
-            args, outputs = case_command(gradscore_bin, kind, path, folder)
-            rc, out, err, secs, peak = run_limited(args, limit=a.limit, timeout=a.timeout)
-            last = (err.strip().splitlines() or [""])[-1]
-            rows.append({"case": name, "file_bytes": os.path.getsize(path), "exit": rc,
-                         "seconds": round(secs, 1), "peak_rss_mib": round(peak / 2**20),
-                         "wrote": [o for o in outputs if os.path.exists(o)],
-                         "message": last[:300]})
-            print(json.dumps(rows[-1]), flush=True)
+            for prog in programs:
+                args, outputs = case_command(prog, kind, path, folder)
+                rc, out, err, secs, peak = run_limited(args, limit=a.limit, timeout=a.timeout)
+                last = (err.strip().splitlines() or [""])[-1]
+                wrote = {o: os.path.getsize(o) for o in outputs if os.path.isfile(o)}
+                rows.append({"case": name, "program": prog,
+                             "file_bytes": os.path.getsize(path), "exit": rc,
+                             "seconds": round(secs, 1), "peak_rss_mib": round(peak / 2**20),
+                             "wrote": wrote, "message": last[:300]})
+                print(json.dumps(rows[-1]), flush=True)
+                for o in outputs:
+                    shutil.rmtree(o, ignore_errors=True) if os.path.isdir(o) else \
+                        (os.path.exists(o) and os.remove(o))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    report = {"limit_bytes": a.limit, "gradscore": gradscore_bin, "cases": rows,
+    report = {"limit_bytes": a.limit, "cases": rows,
               "loadavg": open("/proc/loadavg").read().split()[:3]}
     if a.json:
         with open(a.json, "w") as fh:
@@ -495,8 +500,9 @@ def main():
                          "read; needs ~2.5 GB of disk)")
     ap.add_argument("--limit", default="2GiB",
                     help="with --amplification: address-space limit of each run")
-    ap.add_argument("--gradscore", help="with --amplification: the gradscore program "
-                                        "to run (default: the one on PATH)")
+    ap.add_argument("--gradscore", action="append",
+                    help="with --amplification: a gradscore program to run each case "
+                         "with (repeat to compare builds; default: the one on PATH)")
     ap.add_argument("--folder", help="with --amplification: where to build the files")
     a = ap.parse_args()
     if a.amplification:
