@@ -266,7 +266,10 @@ def _small_attr(obj, name, path):
         raise GradscoreError(
             f"{path}: {where}attribute '{name}' takes {max(size, declared)} bytes; attributes "
             f"gradscore reads are limited to {MAX_ATTR_BYTES} bytes. Refused before reading")
-    return obj.attrs.get(name)
+    try:
+        return obj.attrs.get(name)
+    except _CORRUPT as exc:
+        raise GradscoreError(f"{path}: attribute '{name}' could not be read: {exc}") from None
 
 #: Bytes of one id held in memory: int64, or a Python str object (an
 #: estimate: CPython's str header is 49 bytes, plus the text and a pointer).

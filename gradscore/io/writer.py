@@ -7,6 +7,7 @@ import numpy as np
 
 from .._validation import check_finite, check_ids, check_labels, format_rows
 from ..errors import GradscoreError
+from ..limits import check_id_bytes
 from . import schema as S
 from ._atomic import atomic_path
 
@@ -180,6 +181,10 @@ class EpochWriter:
                 if bad:
                     raise GradscoreError(f"{at}: ids hold a NUL character in "
                                          f"{format_rows(bad)}; str ids may not")
+                # The reader refuses longer ids (schema v1): never write a
+                # file that gradscore itself would refuse.
+                check_id_bytes([len(v.encode("utf-8")) for v in ids.tolist()],
+                               where=f"{at}: ids")
             self._seen_ids.update(ids.tolist())
             if self._ids_hash is not None:
                 S.ids_digest(ids.tolist(), self._ids_hash)
