@@ -19,6 +19,7 @@ import numpy as np
 from .._progress import progress_bar
 from .._validation import check_int, format_rows
 from ..errors import GradscoreError
+from ..limits import ID_RULE, MAX_ID_BYTES, check_id_bytes
 from ..io import EpochWriter
 from .encoder import Encoder
 
@@ -79,7 +80,17 @@ class _Data:
             self.labels = f[LABELS][()]
             self.ids = None
             if IDS in f:
+                width = getattr(h5py.check_string_dtype(f[IDS].dtype), "length", None)
+                if width is not None and width > MAX_ID_BYTES:
+                    raise GradscoreError(
+                        f"{self.path}: dataset 'ids' stores fixed-length strings of {width} "
+                        f"bytes, wider than the {MAX_ID_BYTES}-byte id limit; {ID_RULE}. "
+                        "Refused before reading")
                 raw = f[IDS][()]
+                if raw.dtype.kind == "O":
+                    check_id_bytes([len(v) if isinstance(v, bytes) else
+                                    len(str(v).encode("utf-8")) for v in raw.tolist()],
+                                   where=f"{self.path}: dataset 'ids'")
                 self.ids = raw if raw.dtype.kind in "iu" else np.array(
                     [v.decode("utf-8") if isinstance(v, bytes) else str(v)
                      for v in raw.tolist()], dtype=object)
