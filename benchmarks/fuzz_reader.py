@@ -384,6 +384,27 @@ os.write(fd, f"{os.waitstatus_to_exitcode(status)} {time.perf_counter() - t0} {r
 """
 
 
+def legit_short_ids(path, *, rows=10**7, classes=10, block=2**20):
+    """A legitimate large export: ``rows`` variable-length ids of 16 bytes
+    (``img_00000001.png``), int64 labels and float16 logits, written in
+    blocks. Reading it must stay bounded (labels and ids read in blocks)."""
+    with h5py.File(path, "w") as f:
+        f.attrs["num_classes"] = classes
+        lab = f.create_dataset("labels", shape=(rows,), dtype=np.int64, chunks=(65536,))
+        lg = f.create_dataset("logits", shape=(rows, classes), dtype=np.float16,
+                              chunks=(65536, classes))
+        ids = f.create_dataset("ids", shape=(rows,), dtype=h5py.string_dtype("utf-8"),
+                               chunks=(65536,))
+        rng = np.random.default_rng(0)
+        for start in range(0, rows, block):
+            stop = min(rows, start + block)
+            lab[start:stop] = np.arange(start, stop) % classes
+            lg[start:stop] = rng.normal(size=(stop - start, classes)).astype(np.float16)
+            ids[start:stop] = np.array([f"img_{i:08d}.png" for i in range(start, stop)],
+                                       dtype=object)
+    return path
+
+
 def run_limited(args, *, limit, timeout=120, cwd=None):
     """Run ``args`` in a child under ``RLIMIT_AS = limit`` bytes, killed
     after ``timeout`` seconds.
@@ -411,7 +432,7 @@ def run_limited(args, *, limit, timeout=120, cwd=None):
     return int(report[0]), stdout, stderr, float(report[1]), int(report[2]) * 1024
 
 
-def amplification_cases(folder, *, issue_sizes=False):
+def amplification_cases(folder, *, issue_sizes=False, legit_rows=0):
     """``(name, command args, path)`` of each amplification case, files built
     in ``folder``; ``issue_sizes`` builds the issue's original sizes (GBs
     once read, a 2 GB file for the variable-length ids)."""
@@ -435,6 +456,10 @@ def amplification_cases(folder, *, issue_sizes=False):
     else:
         amp_zero_bomb(j(folder, "zeros.h5"), rows=2 * 10**8, classes=2)
         cases.append(("gzip zeros, 2x10^8 x 2 declared (score)", "score", j(folder, "zeros.h5")))
+    if legit_rows:
+        legit_short_ids(j(folder, "legit.h5"), rows=legit_rows)
+        cases.append((f"legitimate: {legit_rows} short vlen ids (inspect)", "inspect",
+                      j(folder, "legit.h5")))
     try:
         amp_parquet(j(folder, "cells.parquet"))
         cases.append(("parquet 20 MiB zero cells (audit)", "audit", j(folder, "cells.parquet")))
@@ -460,7 +485,8 @@ def amplification_main(a):
     rows = []
     try:
         t0 = time.perf_counter()
-        cases = amplification_cases(folder, issue_sizes=a.issue_sizes)
+        cases = amplification_cases(folder, issue_sizes=a.issue_sizes,
+                                    legit_rows=a.legit_rows)
         print(f"built {len(cases)} files in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         for name, kind, path in cases:
             for prog in programs:
@@ -504,6 +530,9 @@ def main():
                     help="with --amplification: a gradscore program to run each case "
                          "with (repeat to compare builds; default: the one on PATH)")
     ap.add_argument("--folder", help="with --amplification: where to build the files")
+    ap.add_argument("--legit-rows", type=int, default=0,
+                    help="with --amplification: also read a legitimate export of this many "
+                         "rows of short variable-length ids")
     a = ap.parse_args()
     if a.amplification:
         from gradscore.io.reader import parse_memory

@@ -182,7 +182,8 @@ def test_ids_at_the_limit_read_back_and_one_byte_more_is_refused(tmp_path):
         gradscore.read_epoch(p, block_rows=16)
     fixed = np.array([b"a" * 5] * (n - 1) + [b"b" * (MAX_ID_BYTES + 1)])
     with pytest.raises(GradscoreError, match=r"stores fixed-length strings of 1025 bytes.*"
-                       r"1 row \(first: 99\) of the first 100 hold longer ids"):
+                       r"longer ids in 1 row \(first: 99\) \(longest: 1025 bytes; the first "
+                       r"100 rows read\)"):
         gradscore.read_epoch(_export(tmp_path / "fixedbad.h5", n, ids=fixed))
 
 

@@ -222,8 +222,8 @@ class _Source:
                     np.array([len(v) for v in head.tolist()])
                 bad = np.flatnonzero(lengths > MAX_ID_BYTES)
                 if bad.size:
-                    rows = (f"; {format_rows(bad)} of the first {k} hold longer ids "
-                            f"(longest: {int(lengths[bad].max())} bytes)")
+                    rows = (f"; longer ids in {format_rows(bad)} (longest: "
+                            f"{int(lengths[bad].max())} bytes; the first {k} rows read)")
         raise self.err(S.IDS, f"stores fixed-length strings of {width} bytes, wider than "
                        f"the {MAX_ID_BYTES}-byte id limit, for its {d.shape[0]} rows "
                        f"(0..{d.shape[0] - 1}){rows}; {ID_RULE}. Refused before reading")
