@@ -384,6 +384,20 @@ os.write(fd, f"{os.waitstatus_to_exitcode(status)} {time.perf_counter() - t0} {r
 """
 
 
+def amp_parquet_dict_ids(path, *, rows=500, id_bytes=2**20):
+    """A Parquet file whose ``name`` column holds one ``id_bytes`` string for
+    every row, dictionary-encoded: ~1 KB on disk, its footer declaring ~1 MB
+    for the column, ``rows x id_bytes`` once decoded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"image": pa.array([b"\x89PNG"] * rows),
+                      "label": pa.array(np.arange(rows) % 2),
+                      "name": pa.array(["n" * id_bytes] * rows)})
+    pq.write_table(table, path, compression="zstd")
+    return path
+
+
 def legit_short_ids(path, *, rows=10**7, classes=10, block=2**20):
     """A legitimate large export: ``rows`` variable-length ids of 16 bytes
     (``img_00000001.png``), int64 labels and float16 logits, written in
@@ -463,6 +477,9 @@ def amplification_cases(folder, *, issue_sizes=False, legit_rows=0):
     try:
         amp_parquet(j(folder, "cells.parquet"))
         cases.append(("parquet 20 MiB zero cells (audit)", "audit", j(folder, "cells.parquet")))
+        amp_parquet_dict_ids(j(folder, "dict.parquet"))
+        cases.append(("parquet 500 x one 1 MiB dictionary id (audit)", "audit-ids",
+                      j(folder, "dict.parquet")))
     except ImportError:
         pass
     return cases
@@ -475,8 +492,9 @@ def case_command(gradscore_bin, kind, path, folder):
     if kind == "inspect":
         return [gradscore_bin, "inspect", path], []
     # The audit's model is never reached: the data is refused first.
+    ids = ["--id-column", "name"] if kind == "audit-ids" else []
     return [gradscore_bin, "audit", os.path.join(folder, "missing-model.onnx"), path,
-            "-o", out + ".report"], [out + ".report"]
+            "-o", out + ".report"] + ids, [out + ".report"]
 
 
 def amplification_main(a):

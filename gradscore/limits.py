@@ -110,13 +110,24 @@ def check_file_bytes(path, *, what, limit=None):
 
 def arrow_byte_lengths(array):
     """Byte length of each cell of a pyarrow string/binary array (0 for null),
-    computed from its offsets, without copying the data."""
+    computed from its offsets, without copying the data.
+
+    A dictionary-encoded array (Parquet's ``read_dictionary``) is measured
+    without decoding it: a dictionary of one 1 MB string referenced by
+    every row is a few KB on disk and rows x 1 MB once decoded.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if isinstance(array, pa.ChunkedArray):
         parts = [arrow_byte_lengths(c) for c in array.chunks]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if pa.types.is_dictionary(array.type):
+        values = arrow_byte_lengths(array.dictionary)
+        idx = pc.fill_null(array.indices, 0).to_numpy(zero_copy_only=False)
+        out = values[idx] if values.size else np.zeros(len(array), dtype=np.int64)
+        out[np.asarray(array.is_null().to_numpy(zero_copy_only=False))] = 0
+        return out
     if pa.types.is_struct(array.type):
         array = array.field("bytes")
     lengths = pc.fill_null(pc.binary_length(array), 0)

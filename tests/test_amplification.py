@@ -115,6 +115,20 @@ def test_parquet_column_that_decompresses_a_thousandfold_is_refused_from_metadat
     assert not report.exists()
 
 
+def test_parquet_dictionary_ids_are_measured_before_they_are_decoded(tmp_path):
+    pytest.importorskip("pyarrow")
+    # One 1 MiB string for 500 rows: ~1 KB on disk, 500 MiB once decoded;
+    # the footer declares ~1 MiB, so only the dictionary's lengths tell.
+    path = F.amp_parquet_dict_ids(str(tmp_path / "dict.parquet"))
+    assert os.path.getsize(path) < 64 * 2**10
+    report = tmp_path / "report"
+    rc, err, secs, peak = _run(["audit", str(tmp_path / "model.onnx"), path, "-o",
+                                str(report), "--id-column", "name"], tmp_path)
+    _assert_refused(rc, err, secs, peak, path, "ids must be at most 1024 bytes")
+    assert "column 'name' holds ids longer than 1024 bytes in 500 rows (first: 0, 1," in err
+    assert not report.exists()
+
+
 def test_parquet_ids_over_the_id_limit_are_refused(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -384,6 +384,13 @@ def _hf_source(path, image_column, label_column, id_column, split, limit):
     return Source("hf-dataset", path, ids, labels, names, problems, [], True, reader)
 
 
+def _is_bytes_like(t):
+    import pyarrow as pa
+
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t))
+
+
 def _check_parquet_declared(f, pf, image_column, label_column, id_column, limit):
     """Refuse, from the file's metadata alone, a column chunk whose declared
     uncompressed size is more than its rows can hold within the limits.
@@ -440,6 +447,14 @@ def _parquet_source(files, path, image_column, label_column, id_column, limit=No
             raise GradscoreError(f"{f}: its schema differs from {files[0]}'s; the Parquet "
                                  "files of one dataset must share one schema")
         _check_parquet_declared(f, pf, image_column, label_column, id_column, limit)
+        # String and binary columns are read dictionary-encoded, so each
+        # cell's length is checked before any cell is decoded (the footer's
+        # sizes are of the encoded data: one dictionary entry can stand for
+        # every row).
+        dict_cols = [c for c in (id_column, image_column) if c is not None and
+                     _is_bytes_like(s.field(c).type)]
+        if dict_cols:
+            pf = pq.ParquetFile(f, read_dictionary=dict_cols)
         pfs.append(pf)
     names = None
     meta = schema.metadata or {}
@@ -454,12 +469,13 @@ def _parquet_source(files, path, image_column, label_column, id_column, limit=No
     label_parts, id_parts, sizes = [], [], []
     for f, pf in zip(files, pfs):
         t = pf.read(columns=[label_column] + ([id_column] if id_column else []))
-        if id_column and not pa.types.is_integer(t.schema.field(id_column).type):
-            check_id_bytes(arrow_byte_lengths(t.column(id_column)),
-                           where=f"{f}: column '{id_column}'")
         label_parts.append(t.column(label_column))
         if id_column:
-            id_parts.append(t.column(id_column))
+            col = t.column(id_column)
+            if _is_bytes_like(schema.field(id_column).type):
+                check_id_bytes(arrow_byte_lengths(col), where=f"{f}: column '{id_column}'")
+                col = col.cast(schema.field(id_column).type)
+            id_parts.append(col)
         sizes.append(t.num_rows)
     label_arr = pa.chunked_array([c for part in label_parts for c in part.chunks],
                                  type=schema.field(label_column).type)
@@ -486,6 +502,7 @@ def _parquet_source(files, path, image_column, label_column, id_column, limit=No
                 check_cell_bytes(arrow_byte_lengths(col),
                                  where=f"{files[fi]}: column '{image_column}'", limit=limit,
                                  row_offset=int(group_starts[g]))
+                col = col.cast(schema.field(image_column).type)  # decoded once checked
                 vals = _image_payloads(files[fi], col.combine_chunks(), base)
                 g_hi = group_starts[g + 1] + lo
                 while pos < order.size and rows[order[pos]] < g_hi:
