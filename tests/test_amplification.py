@@ -234,6 +234,14 @@ def test_keep_list_size_is_bounded_and_checked_before_writing(tmp_path):
     path = tmp_path / "keep.txt"
     gradscore.write_keeplist(path, ids)
     assert path.stat().st_size == output_bytes(ids, ".txt")
+    # .npy: as wide as the longest id for every row, written through a
+    # memory map in blocks; the bound covers the file.
+    many = np.array(["a" * MAX_ID_BYTES] + [f"b{i}" for i in range(70_000)], dtype=object)
+    gradscore.write_keeplist(tmp_path / "keep.npy", many)
+    assert gradscore.read_keeplist(tmp_path / "keep.npy").tolist() == sorted(many.tolist())
+    assert (tmp_path / "keep.npy").stat().st_size <= output_bytes(many, ".npy")
+    gradscore.write_keeplist(tmp_path / "keep.json", many)
+    assert (tmp_path / "keep.json").stat().st_size <= output_bytes(many, ".json")
     with pytest.raises(GradscoreError, match=r"keep2.txt: the output needs up to "
                        r"1000000000000000000 bytes but .* free; refused before writing"):
         check_free_space(tmp_path / "keep2.txt", 10**18)

@@ -75,10 +75,20 @@ def _write_keeplist_to(tmp, ext, ids, metadata):
             # second copy of every id in memory.
             for start in range(0, len(lines), _WRITE_LINES):
                 fh.write("".join(s + "\n" for s in lines[start:start + _WRITE_LINES]))
-    elif ext == ".npy":
-        arr = ids if ids.dtype.kind == "i" else ids.astype(str)
+    elif ext == ".npy" and ids.dtype.kind == "i":
         with open(tmp, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
+            np.save(fh, ids, allow_pickle=False)
+    elif ext == ".npy":
+        # A unicode array is as wide as its longest id (4 bytes a character)
+        # for every row: filled in blocks through a memory map, so one long
+        # id costs disk (checked against the free space), not memory.
+        width = max((len(v) for v in ids.tolist()), default=0)
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=f"<U{max(width, 1)}",
+                                        shape=ids.shape)
+        for start in range(0, ids.size, _WRITE_LINES):
+            arr[start:start + _WRITE_LINES] = ids[start:start + _WRITE_LINES].tolist()
+        arr.flush()
+        del arr
     else:
         doc = {"ids": ids.tolist(), "metadata": metadata or {}}
         with open(tmp, "w", encoding="utf-8") as fh:
