@@ -490,18 +490,20 @@ def _str_id_bytes(src):
 
     Fixed-length: the declared width (at most :data:`MAX_ID_BYTES`, checked
     at open). Variable-length strings live uncompressed in the file's global
-    heap, so together they take at most the file's size, and each at most
-    the id limit once checked.
+    heap, outside every dataset's storage, so together they take at most
+    the file's size less that storage, and each at most the id limit once
+    checked.
     """
     width = h5py.check_string_dtype(src.ds[S.IDS].dtype).length
     per_row = 57  # CPython's str header (49 bytes) and the array's pointer
     if width is not None:
         return src.n * (per_row + width)
     try:
-        heap = os.path.getsize(src.path)
-    except OSError:
+        heap = os.path.getsize(src.path) - sum(d.id.get_storage_size()
+                                                for d in src.ds.values())
+    except (OSError, *_CORRUPT):
         heap = src.n * MAX_ID_BYTES
-    return src.n * per_row + min(src.n * MAX_ID_BYTES, heap)
+    return src.n * per_row + min(src.n * MAX_ID_BYTES, max(0, heap))
 
 
 def _check_size(sources, *, keep_features, block_rows, max_memory, only=None):
