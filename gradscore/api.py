@@ -20,6 +20,7 @@ from ._version import __version__
 from .errors import GradscoreError
 from .history import read_history
 from .io import read_epoch
+from .io.reader import declared_id_bytes
 from .io._atomic import atomic_path
 from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplist_to,
                           _write_scores_to, check_free_space, keep_mask, output_bytes,
@@ -143,6 +144,15 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
         folder = os.path.dirname(os.path.abspath(p))
         if not os.path.isdir(folder):
             raise GradscoreError(f"{p}: folder {folder} does not exist")
+    if client is None:
+        # What the run will write, bounded from the files' metadata before
+        # reading them: a .txt keep-list (or .csv scores) of at most every id
+        # and a newline each. Checked again, exactly, before writing.
+        rows, id_bytes = declared_id_bytes(paths)
+        if out_ext == ".txt":
+            check_free_space(output, id_bytes + rows)
+        if sc_ext == ".csv":
+            check_free_space(scores_path, id_bytes + 64 * rows)
     n_jobs = check_n_jobs(params.pop("n_jobs", None))
     check_choice("spill", spill, SPILL_CHOICES)
     if client is not None and executor is not None:

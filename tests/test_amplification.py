@@ -265,3 +265,22 @@ def test_whole_file_inputs_are_capped(tmp_path):
     with pytest.raises(GradscoreError, match=r"tokenizer.json: tokenizer file is 5002 bytes, "
                        r"over the 5000-byte limit"):
         check_file_bytes(p, what="tokenizer file", limit=5000)
+
+
+def test_a_keep_list_that_cannot_fit_is_refused_before_the_export_is_read(tmp_path,
+                                                                           monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    ids = np.array([f"img_{i:05d}.png" for i in range(120)], dtype=object)
+    p = _export(tmp_path / "e.h5", 120, ids=ids.astype(h5py.string_dtype()))
+    rows, id_bytes = gradscore.io.reader.declared_id_bytes([p])
+    assert rows == 120 and 120 * 13 <= id_bytes < 120 * 13 + 64 * 2**10
+    # The disk (not gradscore) is what is replaced: a folder with 100 bytes free.
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 100, 100))
+    out = tmp_path / "keep.txt"
+    with pytest.raises(GradscoreError, match=r"keep.txt: the output needs up to \d+ bytes "
+                       r"but .* has 100 bytes free; refused before writing"):
+        gradscore.score_files([p], output=out, method="knn-density", k=3)
+    assert not out.exists()

@@ -506,6 +506,31 @@ def _str_id_bytes(src):
     return src.n * per_row + min(src.n * MAX_ID_BYTES, max(0, heap))
 
 
+def declared_id_bytes(paths):
+    """``(rows, id_bytes)``: the export's rows, and at most how many bytes of
+    UTF-8 its ids take together, from the files' metadata (nothing read).
+
+    Integer ids: 20 characters each at most. Fixed-length strings: the
+    declared width. Variable-length strings: the string heap, bounded by
+    the file's size less its datasets' storage (and by the id limit). A
+    ``.txt`` keep-list of these ids is at most ``id_bytes + rows`` bytes.
+    """
+    rows = id_bytes = 0
+    for p in paths:
+        src = _Source(p)
+        try:
+            rows += src.n
+            if src.id_kind != "str":
+                id_bytes += 20 * src.n
+                continue
+            width = h5py.check_string_dtype(src.ds[S.IDS].dtype).length
+            id_bytes += src.n * width if width is not None else \
+                _str_id_bytes(src) - 57 * src.n
+        finally:
+            src.close()
+    return rows, id_bytes
+
+
 def _check_size(sources, *, keep_features, block_rows, max_memory, only=None):
     """Refuse, before allocating anything, a read that will not fit.
 
