@@ -284,3 +284,28 @@ def test_a_keep_list_that_cannot_fit_is_refused_before_the_export_is_read(tmp_pa
                        r"but .* has 100 bytes free; refused before writing"):
         gradscore.score_files([p], output=out, method="knn-density", k=3)
     assert not out.exists()
+
+
+def test_npz_inputs_are_checked_from_their_headers(tmp_path):
+    import io
+    import zipfile
+    from gradscore.onnx.extract import _Data
+
+    np.savez_compressed(tmp_path / "wide.npz", inputs=np.zeros((3, 2), np.float32),
+                        labels=np.arange(3), ids=np.array([b"a" * 5000] * 3))
+    with pytest.raises(GradscoreError, match=r"wide.npz: array 'ids' declares S5000 strings, "
+                       r"wider than the 1024-byte id limit"):
+        _Data(str(tmp_path / "wide.npz"))
+    # An entry whose header declares 10^11 float32 (400 GB): refused from the
+    # header alone (the data behind it is never decompressed).
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False,
+                                               "shape": (10**11, 1)})
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("inputs.npy", head.getvalue() + bytes(64))  # magic and header
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(10**11 // 10**9, dtype=np.int64))
+        zf.writestr("labels.npy", buf.getvalue())
+    with pytest.raises(GradscoreError, match=r"bomb.npz: its arrays .* declare 372.5 GiB .* "
+                       r"refused before decompressing"):
+        _Data(str(tmp_path / "bomb.npz"))

@@ -50,6 +50,7 @@ class _Data:
             with np.load(self.path, allow_pickle=False) as z:
                 present = set(z.files)
                 self._require(present)
+                self._check_npz_declared(z)
                 self.inputs = z[INPUTS]
                 self.labels = z[LABELS]
                 self.ids = z[IDS] if IDS in present else None
@@ -57,6 +58,36 @@ class _Data:
             if isinstance(exc, GradscoreError):
                 raise
             raise GradscoreError(f"{self.path}: not a readable .npz file: {exc}") from None
+
+    def _check_npz_declared(self, z):
+        """Refuse, from each array's .npy header (nothing decompressed), ids
+        wider than the id limit and arrays that together exceed the memory
+        available: a compressed .npz of zeros can declare any size."""
+        from ..io.reader import _fmt_bytes, available_memory
+
+        total = 0
+        for name in (INPUTS, LABELS, IDS):
+            if name not in z.files:
+                continue
+            with z.zip.open(name + ".npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(fh)
+            total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+            width = dtype.itemsize // (4 if dtype.kind == "U" else 1)
+            if name == IDS and dtype.kind in "SU" and width > MAX_ID_BYTES:
+                raise GradscoreError(
+                    f"{self.path}: array 'ids' declares {dtype.kind}{width} strings, wider "
+                    f"than the {MAX_ID_BYTES}-byte id limit; {ID_RULE}. Refused before "
+                    "reading")
+        avail = available_memory()
+        if avail is not None and total > avail:
+            raise GradscoreError(
+                f"{self.path}: its arrays 'inputs', 'labels' and 'ids' declare "
+                f"{_fmt_bytes(total)} but the memory available is {_fmt_bytes(avail)}; "
+                "refused before decompressing (an .npz is read whole; use .h5 for larger "
+                "data)")
 
     def _open_h5(self):
         try:
