@@ -8,16 +8,18 @@ labels, repeat an id, change a value to another valid one). For an edit the
 expected outcome is known (an error, or the original data with the edit
 applied); for flips and truncation it is the original data or an error.
 Any other exception, or data that differs from the expectation, is a
-failure.
-
-Amplification generators (:func:`amp_fixed_ids`, :func:`amp_vlen_ids`,
-:func:`amp_zero_bomb`, :func:`amp_parquet`) build files that are small on
-disk and huge once read; ``--amplification`` runs each through the CLI
-under an address-space limit and prints outcome, time and peak memory
-(tests/test_amplification.py runs the same in the suite). The test suite runs a bounded sample of these cases with
+failure. The test suite runs a bounded sample of these cases with
 hypothesis (tests/test_fuzz.py); this script runs many, each batch in a
 child process, so that a crash of the HDF5 library itself (a signal) or a
 hang is counted too.
+
+Amplification generators (:func:`amp_fixed_ids`, :func:`amp_vlen_ids`,
+:func:`amp_zero_bomb`, :func:`amp_parquet`, :func:`amp_parquet_dict_ids`)
+build files that are small on disk and huge once read;
+``--amplification`` runs each through the CLI under an address-space limit
+and prints outcome, time and peak memory (tests/test_amplification.py runs
+the same in the suite; ``--issue-sizes`` builds issue 25's original files,
+``--legit-rows N`` adds a legitimate export of N short ids).
 
     python benchmarks/fuzz_reader.py --cases 20000 --seed 1
     python benchmarks/fuzz_reader.py --amplification --limit 2GiB
@@ -27,7 +29,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -380,7 +381,8 @@ while True:
         got, status, ru = os.wait4(pid, 0)
         break
     time.sleep(0.02)
-os.write(fd, f"{os.waitstatus_to_exitcode(status)} {time.perf_counter() - t0} {ru.ru_maxrss}".encode())
+took = time.perf_counter() - t0
+os.write(fd, f"{os.waitstatus_to_exitcode(status)} {took} {ru.ru_maxrss}".encode())
 """
 
 

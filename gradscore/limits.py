@@ -91,8 +91,8 @@ def check_id_bytes(lengths, *, where, row_offset=0):
     bad = np.flatnonzero(n > MAX_ID_BYTES)
     if bad.size:
         raise GradscoreError(
-            f"{where} holds ids longer than {MAX_ID_BYTES} bytes in {format_rows(bad + row_offset)}"
-            f" (longest: {int(n[bad].max())} bytes); {ID_RULE}")
+            f"{where} holds ids longer than {MAX_ID_BYTES} bytes in "
+            f"{format_rows(bad + row_offset)} (longest: {int(n[bad].max())} bytes); {ID_RULE}")
 
 
 def check_file_bytes(path, *, what, limit=None):
