@@ -32,7 +32,7 @@ from gradscore.pipeline import check_params  # noqa: E402
 from gradscore.tasks import canonical_order as _canonical_order  # noqa: E402
 from gradscore.neighbors._dense import _similarity_and_knn, lower_gram  # noqa: E402
 from gradscore.selection.epic import epic_exact  # noqa: E402
-from gradscore.selection._exact import (BLOCK as EXACT_BLOCK,  # noqa: E402
+from gradscore.selection._exact import (BLOCK as EXACT_BLOCK, NO_STATS,  # noqa: E402
                                         exact_facility_location, kd_order)
 from gradscore.tasks import ClassData, score_class  # noqa: E402
 
@@ -114,9 +114,9 @@ def main():
         ("k-d tree leaf order", lambda: kd_order(g.values, EXACT_BLOCK // 2)),
         ("density k-NN (k-d tree, k = 20)", lambda: nb.kneighbors(g, 20, backend="kdtree")),
         ("EPIC kernel matrix (fill)", lambda: exact_facility_location(
-            xt, none, none, sqn, True, 1, 0.1, order, True, sim, True)),
+            xt, none, none, sqn, True, 1, 0.1, order, True, sim, True, NO_STATS)),
         ("EPIC greedy on the matrix, 1,000 medoids", lambda: exact_facility_location(
-            xt, none, none, sqn, True, 1000, 0.1, order, True, sim, False)),
+            xt, none, none, sqn, True, 1000, 0.1, order, True, sim, False, NO_STATS)),
     ]
     for name, func in [] if a.no_parts else small:
         t = cpu(func, a.repeat)

@@ -184,3 +184,16 @@ def test_class_whose_budget_rounds_to_zero_is_kept_with_a_warning():
     assert len(empty) == 1 and empty[0].dropped == 0
     assert r.keep[labels == empty[0].label].all()
     assert sum(c.n_medoids or 0 for c in r.classes) == 2
+
+
+def test_work_counters_leave_the_decisions_alone():
+    # The counters behind benchmarks/bench_epic_cost.py: the first step is a
+    # full refresh over every pair, and counting changes no decision.
+    g = _class_gradients("unfitted", 700)
+    plain = epic_exact(g, n_medoids=140, cluster_threshold=1, cache_max=0)
+    stats = np.zeros((140, 4), dtype=np.int64)
+    counted = epic_exact(g, n_medoids=140, cluster_threshold=1, cache_max=0, stats=stats)
+    assert counted.medoids.tolist() == plain.medoids.tolist()
+    assert (counted.drop == plain.drop).all()
+    assert stats[0, 1] == 1 and stats[0, 3] == 700 * 700
+    assert stats[:, 0].sum() > 0 and (stats[:, 2] <= stats[:, 0] * 700).all()

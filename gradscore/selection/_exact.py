@@ -45,6 +45,8 @@ from .._vexp import exp_chunk
 from ..neighbors._dense import insert_knn
 from ._kernels import _pop, _push
 
+#: ``stats`` for :func:`exact_facility_location` that keeps no counters.
+NO_STATS = np.zeros((0, 4), dtype=np.int64)
 #: Rows per block (a multiple of 4).
 BLOCK = 64
 #: Without the matrix, a step re-evaluating more than n / REFRESH_DIVISOR
@@ -267,7 +269,7 @@ def _row_gain(row, cur):
 
 @njit(cache=True, nogil=True)
 def _gain(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_dim, j, q, q2,
-          kv, work):
+          kv, work, count):
     """Exact marginal gain of candidate j, without the kernel matrix (see the
     module docstring)."""
     box_lo, box_hi, norm_lo, norm_hi = bounds
@@ -283,6 +285,7 @@ def _gain(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_dim
         e = min(n, s + BLOCK)
         _kernel_rows(xt, at, ht, sqn, explicit, j, s, e, inv_dim, q, q2, kv, work)
         g += _block_sum(kv, cur[s:e], e - s)
+        count[0] += e - s
     return g
 
 
@@ -325,7 +328,7 @@ def _accept(xt, at, ht, sqn, nrm, explicit, bounds, sim, cached, cov2, block_cov
 
 @njit(cache=True, nogil=True)
 def _refresh(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_dim, gains, q,
-             q2, kv, work, acc):
+             q2, kv, work, acc, count):
     """Every candidate's exact gain without the kernel matrix, in one pass
     over pairs of blocks.
 
@@ -347,6 +350,7 @@ def _refresh(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_
             for j in range(s1, e1):
                 _kernel_rows(xt, at, ht, sqn, explicit, j, s1, e1, inv_dim, q, q2, kv, work)
                 gains[j] += _block_sum(kv, cur[s1:e1], e1 - s1)
+            count[0] += (e1 - s1) * (e1 - s1)
         for b2 in range(b1 + 1, nb):
             lim = max(block_cov2[b1], block_cov2[b2])
             if lim <= 0.0:
@@ -355,6 +359,7 @@ def _refresh(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_
                 continue
             s2, e2 = b2 * BLOCK, min(n, (b2 + 1) * BLOCK)
             m = e2 - s2
+            count[0] += 2 * m * (e1 - s1)
             acc[:, :m] = 0.0
             cs = cur[s2:e2]
             for i in range(s1, e1):
@@ -374,7 +379,7 @@ def _refresh(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_
 
 @njit(cache=True, nogil=True)
 def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, cached, sim,
-                            fill):
+                            fill, stats):
     """EPIC's greedy, exact, on rows in a spatially coherent order.
 
     Parameters
@@ -404,6 +409,11 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
         Fill ``sim`` here, with the very numbers the kernels compute
         otherwise (explicit gradients), so that keeping it never changes a
         bit.
+    stats : ndarray of shape (budget, 4), int64
+        Per step, added to: candidates evaluated, full refreshes, kernel
+        values the evaluations computed, kernel values the refreshes used
+        (each pair counted in both directions); shape (0, 4) keeps none.
+        ``benchmarks/bench_epic_cost.py`` reads them.
 
     Returns
     -------
@@ -445,8 +455,11 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
     size = 0
     refresh = True
     evals = 0
+    keep = stats.shape[0] >= budget
+    count = np.zeros(1, dtype=np.int64)
     while picked < budget:
         if refresh:
+            count[0] = 0
             if cached:
                 # Reading the matrix row by row is cheaper than the pair pass
                 # (whose point is to compute each kernel value once).
@@ -454,7 +467,10 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
                     gains[j] = _row_gain(sim[j], cur)
             else:
                 _refresh(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_dim,
-                         gains, q, q2, kv, work, acc)
+                         gains, q, q2, kv, work, acc, count)
+            if keep:
+                stats[picked, 1] += 1
+                stats[picked, 3] += count[0]
             size = 0
             for r in range(n):
                 j = where[r]
@@ -476,11 +492,16 @@ def exact_facility_location(xt, at, ht, sqn, explicit, budget, inv_dim, rank, ca
         if cached:
             g = _row_gain(sim[j], cur)
         else:
+            count[0] = 0
             g = _gain(xt, at, ht, sqn, nrm, explicit, bounds, cov2, block_cov2, cur, inv_dim, j,
-                      q, q2, kv, work)
+                      q, q2, kv, work, count)
+            if keep:
+                stats[picked, 2] += count[0]
         stamp[j] = picked
         size = _push(hg, hr, size, g, r)
         evals += 1
+        if keep:
+            stats[picked, 0] += 1
         if not cached and evals * REFRESH_DIVISOR > n:
             refresh = True
     return medoids, cluster

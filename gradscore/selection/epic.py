@@ -31,7 +31,7 @@ import threading
 
 import numpy as np
 
-from ._exact import BLOCK as _EXACT_BLOCK, exact_facility_location, kd_order
+from ._exact import BLOCK as _EXACT_BLOCK, NO_STATS, exact_facility_location, kd_order
 from ._kernels import assign_to_medoids, dense_facility_location, sqdist_to_similarity
 from .. import neighbors as nb
 from ..gradients import DenseGradients
@@ -58,7 +58,7 @@ class EpicResult:
         Size of the cluster each row belongs to.
     drop : ndarray of shape (n,), bool
     mode : str
-        ``"dense"`` or ``"sparse"``.
+        ``"dense"`` (:func:`epic_dense`) or ``"exact"`` (:func:`epic_exact`).
     """
 
     medoids: np.ndarray
@@ -177,7 +177,8 @@ def epic_from_similarity(sim, *, n_medoids, cluster_threshold):
     return _finish(medoids, cluster, cluster_threshold, "dense")
 
 
-def epic_exact(grads, *, n_medoids, cluster_threshold, sim=None, cache_max=DENSE_MAX):
+def epic_exact(grads, *, n_medoids, cluster_threshold, sim=None, cache_max=DENSE_MAX,
+               stats=None):
     """EPIC's exact greedy, without an n x n matrix unless the class is small.
 
     Picks what :func:`epic_dense` picks (the same greedy on the same
@@ -199,6 +200,9 @@ def epic_exact(grads, *, n_medoids, cluster_threshold, sim=None, cache_max=DENSE
         gradients of dimension <= ``KDTREE_MAX_DIM`` the kept values are
         bit for bit the recomputed ones, so this changes speed and memory,
         never a decision.
+    stats : ndarray of shape (n_medoids, 4), int64, default=None
+        Per-step work counters to add to (see
+        :func:`gradscore.selection._exact.exact_facility_location`).
 
     Returns
     -------
@@ -227,7 +231,7 @@ def epic_exact(grads, *, n_medoids, cluster_threshold, sim=None, cache_max=DENSE
         sim = np.zeros((0, 0))
     medoids, cluster = exact_facility_location(
         xt, at, ht, sqn[order], explicit, int(n_medoids), 1.0 / grads.dim, order,
-        sim.shape[0] == n, sim, fill)
+        sim.shape[0] == n, sim, fill, NO_STATS if stats is None else stats)
     out = np.empty(n, dtype=np.int64)
     out[order] = cluster
     return _finish(order[medoids], out, cluster_threshold, "exact")
