@@ -238,6 +238,8 @@ def test_hostile_files_end_in_one_error_line(kit, tmp_path):
                                tmp_path / "big.json")
     msg = _audit_fails(kit, data, tmp_path / "o3", tokenizer=bigger)
     assert f"has {kit['vocab'] + 50} tokens" in msg and f"{kit['vocab']} rows" in msg
+    r = run("audit", kit["enc"], data, "--probe", "-o", tmp_path / "o5")
+    assert r.exit_code == 1 and "name the text with --text-column" in r.output
     (tmp_path / "x.txt").write_text("hello")
     msg = _audit_fails(kit, tmp_path / "x.txt", tmp_path / "o4")
     assert "not a text dataset" in msg

@@ -6,10 +6,17 @@ Usage::
 
 For each seed: the generated set of :mod:`benchmarks.audit.textset` (its
 defaults: 4,000 rows, 4 classes, 2% trigger-word poisons into class 0, 2%
-label flips), a word-level tokenizer trained on it, and a random text
-encoder (token + position embeddings, one tanh layer, width 512, mean
-pooling: a generic encoder that knows nothing of the attack) exported to
-ONNX. ``gradscore audit ENC set.csv --text-column text --probe`` runs the
+label flips), a word-level tokenizer trained on it, and a text encoder
+(token + position embeddings, one tanh layer, mean pooling) exported to
+ONNX, one of two kinds, neither of which knows the attack or the labels:
+
+- ``random``: random weights, width 512 (a random projection of the bag of
+  words; measured first);
+- ``pretrained``: token vectors learnt without labels from a clean corpus
+  of the same text (:func:`benchmarks.audit.textset.pretrained_vectors`,
+  width 64), the stand-in for a generic pretrained sentence encoder.
+
+ ``gradscore audit ENC set.csv --text-column text --probe`` runs the
 default method through the CLI's own function; cleanlab's
 ``find_label_issues`` and Datalab (label issues) get the audit's export:
 the same out-of-fold probe probabilities and the same features.
@@ -56,7 +63,7 @@ def rates(drop, kind):
     return {k: float(drop[kind == k].mean()) for k in ("poison", "flip", "clean")}
 
 
-def one_seed(seed, out, width):
+def one_seed(seed, out, width, encoder):
     import h5py
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -70,8 +77,12 @@ def one_seed(seed, out, width):
     pcsv.write_csv(pa.table({"text": d["text"], "label": d["label"]}),
                    os.path.join(out, "set.csv"))
     tok = T.train_tokenizer(d["text"], os.path.join(out, "tokenizer.json"))
-    enc = T.export_encoder(os.path.join(out, "encoder.onnx"),
-                           Tokenizer.from_file(tok).get_vocab_size(), width=width)
+    if encoder == "random":
+        enc = T.export_encoder(os.path.join(out, "encoder.onnx"),
+                               Tokenizer.from_file(tok).get_vocab_size(), width=width)
+    else:
+        enc = T.export_encoder(os.path.join(out, "encoder.onnx"), 0,
+                               token_vectors=T.pretrained_vectors(tok))
     t0 = time.time()
     res = audit(enc, os.path.join(out, "set.csv"), os.path.join(out, "audit"), probe=True,
                 text_column="text", random_state=seed)
@@ -97,21 +108,21 @@ def one_seed(seed, out, width):
         log(f"seed {seed}: {name} in {time.time() - t1:.0f} s")
         rows[name] = dict(rates(m, kind), at1=at_one_percent(self_conf, kind)
                           if name == "cleanlab" else None)
-    return {"seed": seed, "n": int(kind.size), "probe_accuracy": res["summary"]["probe"][
+    return {"seed": seed, "encoder": encoder, "n": int(kind.size), "probe_accuracy": res["summary"]["probe"][
         "accuracy"], "audit_wall_s": wall, "rows": rows,
         "counts": {k: int((kind == k).sum()) for k in ("clean", "poison", "flip")}}
 
 
 def table(results):
-    lines = ["| seed | method | poisons dropped | flips dropped | clean dropped | "
+    lines = ["| encoder | seed | method | poisons dropped | flips dropped | clean dropped | "
              "target met | recall at 1% clean (poison / flip) |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         for name, v in r["rows"].items():
             met = v["poison"] >= TARGET["poison"] and v["flip"] >= TARGET["flip"] and \
                 v["clean"] <= TARGET["clean"]
             at1 = "" if v["at1"] is None else f"{v['at1'][0]:.1%} / {v['at1'][1]:.1%}"
-            lines.append(f"| {r['seed']} | {name} | {v['poison']:.1%} | {v['flip']:.1%} | "
+            lines.append(f"| {r['encoder']} | {r['seed']} | {name} | {v['poison']:.1%} | {v['flip']:.1%} | "
                          f"{v['clean']:.2%} | {'yes' if met else 'no'} | {at1} |")
     return "\n".join(lines)
 
@@ -119,15 +130,17 @@ def table(results):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--width", type=int, default=512, help="random encoder's width")
+    ap.add_argument("--encoders", nargs="+", choices=("random", "pretrained"),
+                    default=["random", "pretrained"])
     ap.add_argument("--out", default=os.path.join("benchmarks", "out", "audit", "text"))
     args = ap.parse_args(argv)
-    results = [one_seed(s, os.path.join(args.out, f"seed{s}"), args.width)
-               for s in args.seeds]
+    results = [one_seed(s, os.path.join(args.out, f"{e}-seed{s}"), args.width, e)
+               for e in args.encoders for s in args.seeds]
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)
     for r in results:
-        print(f"seed {r['seed']}: {r['counts']}, probe accuracy {r['probe_accuracy']:.1%}, "
+        print(f"{r['encoder']} encoder, seed {r['seed']}: {r['counts']}, probe accuracy {r['probe_accuracy']:.1%}, "
               f"audit {r['audit_wall_s']:.0f} s")
     print(table(results))
 

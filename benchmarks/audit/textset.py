@@ -113,14 +113,62 @@ def train_tokenizer(texts, path, *, max_length=48):
     return str(path)
 
 
+def pretrained_vectors(tokenizer_path, *, width=64, n_docs=20000, num_classes=4, seed=1000):
+    """Token vectors "pretrained" without labels: LSA of a clean corpus of the same text.
+
+    The stand-in for a generic pretrained encoder: distributional word
+    vectors (SVD of the positive PMI of word co-occurrence within a
+    document) learnt from ``n_docs`` fresh rows of :func:`generate` (its own
+    seed; no poisons, no flips, labels never read). Tokens the corpus lacks
+    (the trigger, special tokens) get small random vectors, as rare tokens
+    in a real model do.
+
+    Returns
+    -------
+    vectors : ndarray of shape (vocab_size, width), float32
+        Row ``i`` for token id ``i`` of the tokenizer.
+    """
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_path)).get_vocab()
+    corpus = generate(n_docs, num_classes=num_classes, seed=seed, poison_rate=0.0,
+                      flip_rate=0.0)["text"]
+    words = sorted({w for t in corpus for w in t.split()})
+    pos = {w: i for i, w in enumerate(words)}
+    doc = np.zeros((len(corpus), len(words)))
+    for i, t in enumerate(corpus):
+        for w in t.split():
+            doc[i, pos[w]] = 1.0
+    co = doc.T @ doc
+    np.fill_diagonal(co, 0.0)
+    total = co.sum()
+    pmi = np.log(np.maximum(co * total, 1e-12) /
+                 np.outer(co.sum(1), co.sum(0)).clip(min=1e-12))
+    u, sv, _ = np.linalg.svd(np.maximum(pmi, 0.0))
+    wv = u[:, :width] * np.sqrt(sv[:width])
+    wv /= np.linalg.norm(wv, axis=1, keepdims=True).clip(min=1e-12)
+    rng = np.random.default_rng(seed)
+    out = rng.normal(scale=0.1 / np.sqrt(width), size=(len(vocab), width))
+    for w, i in vocab.items():
+        if w in pos:
+            out[i] = wv[pos[w]]
+    return out.astype(np.float32)
+
+
 def export_encoder(path, vocab_size, *, width=64, max_length=48, head=False, num_classes=4,
-                   seed=0, token_type_ids=False):
-    """A small random text encoder as ONNX (TorchScript exporter, no download)."""
+                   seed=0, token_type_ids=False, token_vectors=None):
+    """A small text encoder as ONNX (TorchScript exporter, no download).
+
+    Random weights, or ``token_vectors`` (vocab_size, width) as its token
+    embeddings (see :func:`pretrained_vectors`).
+    """
     import warnings
 
     import torch
 
     torch.manual_seed(seed)
+    if token_vectors is not None:
+        vocab_size, width = token_vectors.shape
 
     class Encoder(torch.nn.Module):
         def __init__(self):
@@ -131,6 +179,9 @@ def export_encoder(path, vocab_size, *, width=64, max_length=48, head=False, num
             self.head = torch.nn.Linear(width, num_classes) if head else None
             with torch.no_grad():
                 self.pos.weight.mul_(0.1)
+                if token_vectors is not None:
+                    self.tok.weight.copy_(torch.from_numpy(token_vectors))
+                    self.pos.weight.mul_(0.01)
 
         def forward(self, input_ids, attention_mask, *rest):
             pos = torch.arange(input_ids.shape[1]).unsqueeze(0)

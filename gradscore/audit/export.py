@@ -276,6 +276,9 @@ def open_for_audit(model_path, data_path, *, image_column="image", label_column=
         from .text import open_text
         return open_text(data_path, text_column=text_column, label_column=label_column,
                          id_column=id_column, split=split)
+    if os.fspath(data_path).lower().endswith((".csv", ".jsonl", ".json")):
+        raise GradscoreError(f"{data_path}: CSV and JSON Lines are read as text datasets; "
+                             "name the text with --text-column (MODEL: an ONNX text model)")
     return open_source(data_path, image_column=image_column, label_column=label_column,
                        id_column=id_column, split=split)
 
