@@ -24,7 +24,11 @@ the same out-of-fold probe probabilities and the same features.
 Reported per method: share of poisons and of flips dropped, share of clean
 rows dropped, and (a diagnostic, not a method: it needs the truth) the
 poison and flip recall when the method's own score is thresholded to drop
-exactly 1% of clean rows.
+exactly 1% of clean rows (gradscore: its score; cleanlab: the probe's
+probability of the given label). A last row per seed is no method either:
+the generator's exact posterior of the given label
+(:func:`benchmarks.audit.textset.posterior`; dropped: below 0.5), the best
+any audit could know, showing whether the target is reachable at all.
 """
 
 import argparse
@@ -101,6 +105,9 @@ def one_seed(seed, out, width, encoder):
         score = np.array([float(r["score"]) for r in csv.DictReader(fh)])
     rows["gradscore audit (label-support)"] = dict(rates(drop, kind),
                                                    at1=at_one_percent(score, kind))
+    post = T.posterior(d["text"])[np.arange(kind.size), d["label"]]
+    rows["generator's exact posterior (oracle)"] = dict(
+        rates(post < 0.5, kind), at1=at_one_percent(post, kind))
     self_conf = case.probs[np.arange(kind.size), case.labels]
     for name in PEERS:
         t1 = time.time()
@@ -108,8 +115,9 @@ def one_seed(seed, out, width, encoder):
         log(f"seed {seed}: {name} in {time.time() - t1:.0f} s")
         rows[name] = dict(rates(m, kind), at1=at_one_percent(self_conf, kind)
                           if name == "cleanlab" else None)
-    return {"seed": seed, "encoder": encoder, "n": int(kind.size), "probe_accuracy": res["summary"]["probe"][
-        "accuracy"], "audit_wall_s": wall, "rows": rows,
+    return {"seed": seed, "encoder": encoder, "n": int(kind.size),
+            "probe_accuracy": res["summary"]["probe"]["accuracy"], "audit_wall_s": wall,
+            "rows": rows,
         "counts": {k: int((kind == k).sum()) for k in ("clean", "poison", "flip")}}
 
 
@@ -122,8 +130,9 @@ def table(results):
             met = v["poison"] >= TARGET["poison"] and v["flip"] >= TARGET["flip"] and \
                 v["clean"] <= TARGET["clean"]
             at1 = "" if v["at1"] is None else f"{v['at1'][0]:.1%} / {v['at1'][1]:.1%}"
-            lines.append(f"| {r['encoder']} | {r['seed']} | {name} | {v['poison']:.1%} | {v['flip']:.1%} | "
-                         f"{v['clean']:.2%} | {'yes' if met else 'no'} | {at1} |")
+            lines.append(f"| {r['encoder']} | {r['seed']} | {name} | {v['poison']:.1%} | "
+                         f"{v['flip']:.1%} | {v['clean']:.2%} | {'yes' if met else 'no'} | "
+                         f"{at1} |")
     return "\n".join(lines)
 
 
@@ -140,7 +149,8 @@ def main(argv=None):
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)
     for r in results:
-        print(f"{r['encoder']} encoder, seed {r['seed']}: {r['counts']}, probe accuracy {r['probe_accuracy']:.1%}, "
+        print(f"{r['encoder']} encoder, seed {r['seed']}: {r['counts']}, probe accuracy "
+              f"{r['probe_accuracy']:.1%}, "
               f"audit {r['audit_wall_s']:.0f} s")
     print(table(results))
 

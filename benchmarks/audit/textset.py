@@ -97,6 +97,38 @@ def generate(n=4000, *, num_classes=4, seed=0, poison_rate=0.02, flip_rate=0.02,
             "kind": kind}
 
 
+def posterior(texts, *, num_classes=4, topic_words=80, common_words=400):
+    """The generator's exact class posterior of each text (uniform prior), (n, classes).
+
+    A diagnostic only (an auditor never has it): the best any audit could
+    know of a row's class. The trigger word, in no topic, is ignored.
+    """
+    topics, common = vocabulary(num_classes, topic_words, common_words)
+    # P(word | class), mirroring generate(): 0.30 own topic, 0.05 each
+    # neighbour's, 0.60 common, Zipf within each list.
+    p = {}
+    for c in range(num_classes):
+        z = 1.0 / np.arange(1, len(topics[c]) + 1)
+        z /= z.sum()
+        for j, w in enumerate(topics[c]):
+            v = p.setdefault(w, np.zeros(num_classes))
+            v[c] += 0.30 * z[j]
+            v[(c + 1) % num_classes] += 0.05 * z[j]
+            v[(c - 1) % num_classes] += 0.05 * z[j]
+    z = 1.0 / np.arange(1, len(common) + 1)
+    z /= z.sum()
+    for j, w in enumerate(common):
+        p.setdefault(w, np.zeros(num_classes))
+        p[w] += 0.60 * z[j]
+    logp = {w: np.log(np.maximum(v, 1e-300)) for w, v in p.items()}
+    out = np.zeros((len(texts), num_classes))
+    for i, t in enumerate(texts):
+        ll = sum((logp[w] for w in t.split() if w in logp), np.zeros(num_classes))
+        ll -= ll.max()
+        out[i] = np.exp(ll) / np.exp(ll).sum()
+    return out
+
+
 def train_tokenizer(texts, path, *, max_length=48):
     """A word-level ``tokenizer.json`` trained on ``texts`` ([CLS] text [SEP], truncation)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers

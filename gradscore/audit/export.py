@@ -59,8 +59,8 @@ def check_head(enc, src, model_path):
                                                       enumerate(src.class_names)))
     if (exact and k != src.num_classes) or k < src.num_classes:
         raise GradscoreError(
-            f"{model_path}: the model's output {enc.logits_name!r} has {k} columns but "
-            f"{src.path} has {src.num_classes} classes (from {src.describe()}). Without "
+            f"{model_path or src.path}: the model's output {enc.logits_name!r} has {k} columns "
+            f"but {src.path} has {src.num_classes} classes (from {src.describe()}). Without "
             "--probe the model must be a classifier over this dataset's own classes (its "
             "output i is label i); a head over other classes pairs labels with the wrong "
             "classes. Use --probe to treat the model as an encoder and fit a head on its "
