@@ -243,3 +243,15 @@ def test_hostile_files_end_in_one_error_line(kit, tmp_path):
     (tmp_path / "x.txt").write_text("hello")
     msg = _audit_fails(kit, tmp_path / "x.txt", tmp_path / "o4")
     assert "not a text dataset" in msg
+
+
+def test_a_tokenizer_that_knows_few_of_the_words_is_warned_about(kit, tmp_path):
+    texts, labels = _rows(kit)
+    data = _csv(tmp_path / "ok.csv", texts, labels)
+    other = T.train_tokenizer(["alpha beta gamma delta"] * 5, tmp_path / "other.json")
+    r = run("audit", kit["enc"], data, "--text-column", "text", "--probe", "--tokenizer",
+            other, "-o", tmp_path / "o", "--json")
+    assert r.exit_code == 0, r.output
+    assert "Warning: " in r.output and "unknown token; it may not be the model's" in r.output
+    s = json.loads(r.stdout)
+    assert s["text"]["unknown_share"] > 0.9

@@ -27,6 +27,7 @@ from ..onnx.encoder import Encoder
 from .decode import MAX_PIXELS, Decoder, image_spec
 from .probe import cross_fit_probe
 from .sources import open_source
+from .text import UNKNOWN_WARN
 
 #: Head agreement below ``chance + NEAR_CHANCE * (1 - chance)`` is "near
 #: chance" (chance: the largest class's share): a quarter of the way from
@@ -236,6 +237,12 @@ def extract_dataset(model_path, data_path, output, *, probe=False, logits_output
                 f"{agreement:.1%} of the examples (guessing the largest class gives "
                 f"{chance:.1%}); its head may not be this dataset's. If it is a generic "
                 "model, use --probe", GradscoreWarning, stacklevel=2)
+    share = (text_info or {}).get("unknown_share")
+    if share is not None and share > UNKNOWN_WARN:
+        warnings.warn(f"{text_info['tokenizer']}: {share:.0%} of the tokens of {src.path} are "
+                      "the tokenizer's unknown token; it may not be the model's tokenizer, "
+                      "or the text may not be what the model was trained on",
+                      GradscoreWarning, stacklevel=2)
     info.update(n=int(labels.size), rows=written, skipped=report.skipped,
                 ignored=report.ignored, num_classes=src.num_classes,
                 n_features=None if n_features is None else int(n_features))

@@ -36,6 +36,9 @@ MAX_TEXT_BYTES = 10 * 2**20
 MAX_TOKENIZER_BYTES = 200 * 2**20
 #: Sequence length used when neither the model nor the tokenizer fixes one.
 DEFAULT_MAX_LENGTH = 512
+#: Share of unknown tokens above which the audit warns that the tokenizer
+#: may not fit the text.
+UNKNOWN_WARN = 0.25
 
 
 def check_text_size(n_bytes, *, limit=MAX_TEXT_BYTES):
@@ -410,9 +413,14 @@ class TextBatcher:
         tok.enable_truncation(max_length)
         tok.enable_padding(pad_id=pad_id, pad_token=pad_token)   # to each batch's longest
         self.max_length = max_length
+        model = json.loads(tok.to_str()).get("model") or {}
+        unk = model.get("unk_token")
+        self.unk_id = tok.token_to_id(unk) if isinstance(unk, str) else None
+        self.n_tokens = self.n_unknown = 0
         self.info = {"tokenizer": tok_path, "vocab_size": vocab, "max_length": max_length,
                      "max_length_from": source, "padding": "per batch (longest row)",
-                     "pad_token": pad_token, "pooling": enc.pooling, "truncated": 0}
+                     "pad_token": pad_token, "pooling": enc.pooling, "truncated": 0,
+                     "unknown_share": None}
 
     def batch(self, texts):
         enc = self.tok.encode_batch(list(texts))
@@ -428,5 +436,11 @@ class TextBatcher:
                               "the model's vocabulary")
         ok = np.array([r is None for r in reasons], dtype=bool)
         self.info["truncated"] += sum(1 for e, good in zip(enc, ok) if good and e.overflowing)
+        if self.unk_id is not None:
+            # A tokenizer that is not the model's (or text in another language)
+            # shows as many unknown tokens; said once the run is done.
+            self.n_tokens += int(mask[ok].sum())
+            self.n_unknown += int(((ids[ok] == self.unk_id) & (mask[ok] > 0)).sum())
+            self.info["unknown_share"] = self.n_unknown / max(self.n_tokens, 1)
         x = {"input_ids": ids[ok], "attention_mask": mask[ok], "token_type_ids": types[ok]}
         return x, reasons
