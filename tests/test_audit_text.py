@@ -23,7 +23,7 @@ pcsv = pytest.importorskip("pyarrow.csv")
 
 from click.testing import CliRunner  # noqa: E402
 
-from gradscore import GradscoreError, read_keeplist  # noqa: E402
+from gradscore import read_keeplist  # noqa: E402
 from gradscore.audit.text import MAX_TEXT_BYTES, check_text_size, open_text  # noqa: E402
 from gradscore.report.html import shorten_text  # noqa: E402
 from gradscore_cli.main import main as cli  # noqa: E402

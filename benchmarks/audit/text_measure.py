@@ -45,7 +45,7 @@ if __package__ in (None, ""):
     __package__ = "benchmarks.audit"
 
 from . import textset as T  # noqa: E402
-from .methods import Case, METHODS  # noqa: E402
+from .methods import Case  # noqa: E402
 
 TARGET = {"poison": 0.95, "flip": 0.90, "clean": 0.01}
 PEERS = ("cleanlab", "datalab-label")
