@@ -95,6 +95,15 @@ def _dataset_options(f):
                           "stopping at the first."),
         click.option("--workers", type=int, default=None,
                      help="Image decoding threads (default: up to 4)."),
+        click.option("--text-column", default=None,
+                     help="Audit text: the column holding it (Hugging Face dataset, Parquet, "
+                          "CSV, JSON Lines); MODEL is an ONNX text encoder or classifier."),
+        click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
+                     help="Text: tokenizer.json (default: the one beside MODEL)."),
+        click.option("--pooling", type=click.Choice(("mean", "cls", "output")), default=None,
+                     help="Text: features = mean of the last hidden state over the attention "
+                          "mask, its first token, or the model's 2-D output (default: mean "
+                          "when the model outputs a hidden state, else output)."),
     ]
     for opt in reversed(options):
         f = opt(f)
@@ -107,7 +116,8 @@ def _dataset_kwargs(p):
                 size=_parse_size(p["size"]), layout=p["layout"],
                 mean=_parse_floats(p["mean"], "mean"), std=_parse_floats(p["std"], "std"),
                 max_pixels=p["max_pixels"], skip_bad=p["skip_bad"], workers=p["workers"],
-                max_cell_bytes=p["max_cell_bytes"])
+                max_cell_bytes=p["max_cell_bytes"], text_column=p["text_column"],
+                tokenizer=p["tokenizer"], pooling=p["pooling"])
 
 
 def _skipped_lines(info):
@@ -208,8 +218,16 @@ def register(main):
                        f"{feats} -> {info['output']}")
 
     @main.command()
-    @click.argument("model", type=click.Path(dir_okay=False))
-    @click.argument("data", type=click.Path())
+    @click.argument("model", type=click.Path(dir_okay=False), required=False)
+    @click.argument("data", type=click.Path(), required=False)
+    @click.option("--features", "features_file", type=click.Path(dir_okay=False),
+                  default=None, help="Audit precomputed embeddings instead (no MODEL): "
+                  "Parquet, .npy, .npz or HDF5 holding them with labels (and ids).")
+    @click.option("--features-column", default=None,
+                  help="--features: column/array of embeddings (default: features, "
+                       "embedding or embeddings).")
+    @click.option("--labels", "labels_path", type=click.Path(dir_okay=False), default=None,
+                  help="--features with a .npy: the labels, an .npy of integers.")
     @click.option("-o", "--output", "report_dir", required=True,
                   type=click.Path(file_okay=False),
                   help="Folder for report.html, keep.txt, keep.json, scores.csv, export.h5.")
@@ -234,19 +252,25 @@ def register(main):
     @click.option("--json", "as_json", is_flag=True,
                   help="Print the summary (counts, probe, skipped files) as JSON.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings or summary.")
-    def audit(model, data, report_dir, logits_output, features_output, batch_size, device,
+    def audit(model, data, features_file, features_column, labels_path, report_dir,
+              logits_output, features_output, batch_size, device,
               method, gradient, k, drop_fraction, max_drop_fraction, image_shape,
               per_class, seed, as_json, quiet, **dataset):
         """Audit DATA with ONNX MODEL: export, score, keep-list and HTML report.
 
         DATA is an image folder (DATA/<class>/<image>), a Hugging Face
         dataset (save_to_disk) or Parquet file(s), or a .h5/.npz holding
-        'inputs' and 'labels'. Without --probe, MODEL must be a classifier
-        over DATA's classes; with --probe, any encoder.
+        'inputs' and 'labels'; with --text-column, a text dataset (also CSV
+        or JSON Lines) and MODEL an ONNX text model. Without --probe, MODEL
+        must be a classifier over DATA's classes; with --probe, any encoder.
+        With --features FILE, no MODEL or DATA: the embeddings in FILE are
+        audited (the cross-fitted probe gives the logits).
 
         \b
         Example:
           gradscore audit encoder.onnx images/ --probe -o audit/
+          gradscore audit text.onnx reviews.csv --text-column text --probe -o audit/
+          gradscore audit --features emb.parquet -o audit/
           # then open audit/report.html; audit/keep.txt lists the ids to keep
         """
         from gradscore.audit import audit as run_audit
@@ -254,6 +278,16 @@ def register(main):
         shape = _parse_image_shape(image_shape)
         kw = _dataset_kwargs(dataset)
         _show_warnings(quiet)
+        if features_file is not None:
+            if model is not None:
+                raise click.UsageError("--features FILE audits embeddings without a model; "
+                                       "give no MODEL or DATA with it")
+            data = features_file
+            kw.update(features_column=features_column, labels_path=labels_path)
+        elif model is None or data is None:
+            raise click.UsageError("give MODEL and DATA, or --features FILE")
+        elif features_column is not None or labels_path is not None:
+            raise click.UsageError("--features-column and --labels apply to --features FILE")
         with _Errors():
             out = run_audit(model, data, report_dir, device=device, batch_size=batch_size,
                             logits_output=logits_output, features_output=features_output,
@@ -266,8 +300,13 @@ def register(main):
             click.echo(json.dumps(s, indent=1, sort_keys=True))
         if quiet:
             return
-        _device_line(out["extract"])
+        if out["extract"].get("device"):
+            _device_line(out["extract"])
         _skipped_lines(s)
+        if s.get("text"):
+            t = s["text"]
+            click.echo(f"text: {t['truncated']} of {s['n']} examples truncated at "
+                       f"{t['max_length']} tokens", err=True)
         probe = (f"; probe accuracy (out of fold) {s['probe']['accuracy']:.1%}"
                  if s.get("probe") else "")
         skipped = f"; skipped {len(s['skipped'])}" if s["skipped"] else ""

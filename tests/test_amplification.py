@@ -309,3 +309,41 @@ def test_npz_inputs_are_checked_from_their_headers(tmp_path):
     with pytest.raises(GradscoreError, match=r"bomb.npz: its arrays .* declare 372.5 GiB .* "
                        r"refused before decompressing"):
         _Data(str(tmp_path / "bomb.npz"))
+
+
+def _small_csv(path, big_row=None, big_bytes=0):
+    with open(path, "w") as fh:
+        fh.write("text,label\n")
+        for i in range(40):
+            if i == big_row:
+                fh.write('"' + "a" * big_bytes + '",1\n')
+            fh.write(f"review number {i},{i % 2}\n")
+    return str(path)
+
+
+def test_csv_with_a_100_mb_cell_is_refused_by_the_cell_rule(tmp_path):
+    pytest.importorskip("pyarrow")
+    # One 100 MB cell in a CSV of 40 short rows: the text reader reads in
+    # blocks of 4 x the cell limit, so the row is refused without being held.
+    path = _small_csv(tmp_path / "big.csv", big_row=20, big_bytes=100 * 10**6)
+    report = tmp_path / "report"
+    rc, err, secs, peak = _run(["audit", str(tmp_path / "model.onnx"), path,
+                                "--text-column", "text", "-o", str(report)], tmp_path)
+    _assert_refused(rc, err, secs, peak, path, "limit on one cell")
+    assert not report.exists()
+
+
+def test_oversized_tokenizer_json_is_refused_before_it_is_read(tmp_path):
+    pytest.importorskip("pyarrow")
+    # 40 MB of tokenizer.json (over 4 x the 8 MiB cell limit) beside the model.
+    data = _small_csv(tmp_path / "ok.csv")
+    tok = tmp_path / "tokenizer.json"
+    with open(tok, "w") as fh:
+        fh.write('{"model": {"vocab": {' + ",".join(f'"t{i}": {i}' for i in range(3 * 10**6))
+                 + "}}}")
+    assert os.path.getsize(tok) > 4 * MAX_CELL_BYTES
+    report = tmp_path / "report"
+    rc, err, secs, peak = _run(["audit", str(tmp_path / "model.onnx"), data,
+                                "--text-column", "text", "-o", str(report)], tmp_path)
+    _assert_refused(rc, err, secs, peak, tok, "limit on one input string")
+    assert not report.exists()

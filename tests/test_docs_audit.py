@@ -1,8 +1,10 @@
 """docs/audit.md runs: its ``gradscore`` command lines and its Python blocks, in order.
 
 The page starts from a small image folder ``images/`` and a small ONNX
-encoder ``encoder.onnx`` in the current folder; this test makes both (see
-tests/audit_data.py), then runs each ```sh block's ``gradscore ...`` lines
+encoder ``encoder.onnx`` in the current folder, and (its text and
+embeddings sections) ``reviews.csv``, ``text-encoder/`` and
+``embeddings.parquet``; this test makes them (see tests/audit_data.py and
+benchmarks/audit/textset.py), then runs each ```sh block's ``gradscore ...`` lines
 through click's runner and each ```python block in one namespace, in the
 page's order, and fails on a non-zero exit, an exception or a warning.
 """
@@ -59,10 +61,38 @@ def test_blocks_and_commands_are_parsed():
     assert commands(got[0][2]) == [["audit", "m.onnx", "d/", "-o", "a/"]]
 
 
+def text_and_embeddings():
+    """``reviews.csv``, ``text-encoder/`` and ``embeddings.parquet`` for the page's
+    text and embeddings sections (benchmarks/audit/textset.py builds them offline)."""
+    import sys
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.audit import textset as T
+
+    d = T.generate(150, num_classes=3, seed=0, length=(20, 40))
+    pcsv.write_csv(pa.table({"text": d["text"], "label": d["label"]}), "reviews.csv")
+    os.makedirs("text-encoder")
+    tok = T.train_tokenizer(d["text"], "text-encoder/tokenizer.json")
+    T.export_encoder("text-encoder/encoder.onnx", Tokenizer.from_file(tok).get_vocab_size())
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 20)
+    emb = (rng.normal(size=(60, 16)) + 3 * np.eye(3, 16)[labels]).astype(np.float32)
+    pq.write_table(pa.table({"embedding": list(emb), "label": labels}), "embeddings.parquet")
+
+
 def test_audit_page_runs(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("tokenizers")
     monkeypatch.chdir(tmp_path)
     AD.image_folder("images", names=("circle", "square", "triangle"), per_class=20)
     AD.encoder("encoder.onnx")
+    text_and_embeddings()
     with open(PAGE, encoding="utf-8") as fh:
         page = blocks(fh.read())
     ran = 0

@@ -37,8 +37,7 @@ from ..errors import GradscoreError
 from ..io import write_keeplist
 from ..tasks import CROSS_CLASS_METHODS
 from .decode import MAX_PIXELS, thumbnail
-from .export import extract_dataset
-from .sources import open_source
+from .export import content_of, extract_dataset, open_for_audit
 
 EXPORT, KEEP, KEEP_JSON, SCORES, REPORT = ("export.h5", "keep.txt", "keep.json", "scores.csv",
                                            "report.html")
@@ -49,13 +48,15 @@ ORDER = (EXPORT, SCORES, KEEP_JSON, REPORT, KEEP)
 #: docs/audit.md (``gradscore score``'s default stays EPIC).
 DEFAULT_METHOD = "label-support"
 
-#: Options of :func:`open_source`.
-SOURCE_OPTIONS = ("image_column", "label_column", "id_column", "split", "max_cell_bytes")
+#: Options of :func:`open_for_audit`.
+SOURCE_OPTIONS = ("image_column", "label_column", "id_column", "split", "max_cell_bytes",
+                  "text_column", "features_column", "labels_path")
 #: Options of :func:`extract_dataset` that :func:`audit` passes through.
 EXTRACT_OPTIONS = ("logits_output", "features_output", "image_column", "label_column",
                    "id_column", "split", "size", "layout", "mean", "std", "max_pixels",
                    "skip_bad", "n_folds", "probe_alpha", "batch_size", "device", "workers",
-                   "max_cell_bytes")
+                   "max_cell_bytes", "text_column", "tokenizer", "pooling", "features_column",
+                   "labels_path")
 
 
 def _prepare(report_dir):
@@ -76,12 +77,16 @@ def audit(model_path, data_path, report_dir, *, probe=False, method=DEFAULT_METH
 
     Parameters
     ----------
-    model_path : str or path-like
+    model_path : str or path-like or None
         ``.onnx`` model (treated as untrusted): a classifier over the
-        dataset's classes, or with ``probe=True`` any encoder.
+        dataset's classes, or with ``probe=True`` any encoder; with
+        ``text_column``, a text model (:mod:`gradscore.audit.text`).
+        None: ``data_path`` holds precomputed embeddings
+        (:mod:`gradscore.audit.embeddings`), probed unless it holds logits.
     data_path : str or path-like
         Image folder, Hugging Face dataset folder, Parquet file(s), or
-        ``.h5``/``.npz`` with ``inputs`` and ``labels``.
+        ``.h5``/``.npz`` with ``inputs`` and ``labels``; a text dataset
+        (with ``text_column``: also CSV, JSON Lines); or an embeddings file.
     report_dir : str or path-like
         Folder to write into; made if missing (its parent must exist).
     probe : bool, default=False
@@ -115,8 +120,9 @@ def audit(model_path, data_path, report_dir, *, probe=False, method=DEFAULT_METH
     stage = tempfile.mkdtemp(prefix=".gradscore-audit-", dir=report_dir)
     staged = {name: os.path.join(stage, name) for name in ORDER}
     try:
-        src = open_source(data_path, **{k: extract_opts[k] for k in SOURCE_OPTIONS
-                                        if k in extract_opts})
+        src = open_for_audit(model_path, data_path, **{k: extract_opts[k]
+                                                       for k in SOURCE_OPTIONS
+                                                       if k in extract_opts})
         info = extract_dataset(model_path, data_path, staged[EXPORT], probe=probe,
                                random_state=random_state, work_dir=stage, progress=progress,
                                source=src, **extract_opts)
@@ -134,7 +140,8 @@ def audit(model_path, data_path, report_dir, *, probe=False, method=DEFAULT_METH
         write_report(staged[REPORT], result=result, epoch=epoch, model_path=model_path,
                            data_path=data_path, extract_info=info, summary=summary,
                            files={k: staged[v] for k, v in _FILE_KEYS.items()},
-                           images=images, image_shape=image_shape, per_class=per_class)
+                           images=images, image_shape=image_shape, per_class=per_class,
+                           texts=_text_reader(src, rows))
         for name in ORDER:
             os.replace(staged[name], os.path.join(report_dir, name))
     except BaseException:
@@ -159,21 +166,29 @@ def _summary(result, info, model_path, data_path, probe, method):
     s = result.summary()
     return {
         "gradscore_version": __version__,
-        "model": os.fspath(model_path), "model_sha256": sha256_file(model_path),
+        "model": None if model_path is None else os.fspath(model_path),
+        "model_sha256": None if model_path is None else sha256_file(model_path),
         "data": os.fspath(data_path), "source": info["source"],
         "n_listed": info["n_listed"], "n": s["n"], "kept": s["kept"], "dropped": s["dropped"],
-        "method": method, "probe": info.get("probe"), "mode": "probe" if probe else "classifier",
+        "method": method, "probe": info.get("probe"),
+        "mode": "probe" if info.get("probe") else "classifier",
         "head_agreement": info.get("head_agreement"),
         "class_names": info["class_names"],
         "features": {"tensor": info.get("features_output"), "from": info.get("features_from"),
                      "n_features": info.get("n_features")},
-        "image": info.get("image"), "device": info.get("device"),
+        "image": info.get("image"), "text": info.get("text"), "device": info.get("device"),
         "skipped": info["skipped"], "ignored": info["ignored"],
     }
 
 
 def _image_reader(src, rows, opts):
-    """Thumbnails of export rows (RGB uint8 arrays), or None for array files."""
+    """Thumbnails of export rows (RGB uint8 arrays), or None for array files.
+
+    Text and embeddings have no picture: every row gets None (and the
+    report shows the text, or nothing, instead of reading inputs).
+    """
+    if content_of(src) in ("text", "features"):
+        return lambda export_rows: [None] * len(export_rows)
     if not src.images:
         return None
     max_pixels = opts.get("max_pixels") or MAX_PIXELS
@@ -181,5 +196,16 @@ def _image_reader(src, rows, opts):
     def read(export_rows):
         payloads = src.payloads(rows[np.asarray(export_rows, dtype=np.int64)])
         return [thumbnail(p, max_pixels=max_pixels) for p in payloads]
+
+    return read
+
+
+def _text_reader(src, rows):
+    """The text of export rows (as the dataset holds it), or None for other content."""
+    if content_of(src) != "text":
+        return None
+
+    def read(export_rows):
+        return src.payloads(rows[np.asarray(export_rows, dtype=np.int64)])
 
     return read

@@ -103,7 +103,8 @@ class Source:
     def describe(self):
         """Where the classes come from, for messages."""
         return {"image-folder": "its class folders", "hf-dataset": "its label feature",
-                "parquet": "its label column", "arrays": "its labels"}[self.kind]
+                "parquet": "its label column", "arrays": "its labels"}.get(
+                    self.kind, "its label column")
 
     def payloads(self, rows):
         """Encoded images (bytes or a file path) of ``rows``, or model inputs for arrays."""

@@ -218,7 +218,7 @@ def _suspicious(result, labels, c, per_class):
 
 def write_report(path, *, result, epoch, model_path=None, data_path=None,
                  extract_info=None, files=None, image_shape=None, per_class=8,
-                 title="gradscore audit", images=None, summary=None):
+                 title="gradscore audit", images=None, summary=None, texts=None):
     """Write the audit report for one scored epoch, atomically.
 
     Parameters
@@ -245,6 +245,10 @@ def write_report(path, *, result, epoch, model_path=None, data_path=None,
         or grey uint8 arrays, None where there is none); used instead of
         reading ``data_path``'s inputs (image folders, Hugging Face
         datasets).
+    texts : callable, default=None
+        ``texts(rows)`` gives, for export rows, the text to show (a text
+        audit): shown escaped and cut to :data:`TEXT_CHARS` characters
+        where images show thumbnails.
     summary : dict, default=None
         The audit's JSON summary (:func:`gradscore.audit.audit`): class
         names, the probe, head agreement, skipped and ignored files.
@@ -274,6 +278,11 @@ def write_report(path, *, result, epoch, model_path=None, data_path=None,
                 drows = dataset_rows(data_path, epoch.ids[wanted])
                 xs = read_inputs(data_path, drows)
                 inputs_for = {int(r): x for r, x in zip(wanted, xs)}
+    texts_for = {}
+    if texts is not None:
+        wanted = np.concatenate([p for p in picks.values()] or [np.zeros(0, np.int64)])
+        got = texts(wanted) if wanted.size else []
+        texts_for = {int(r): shorten_text(t) for r, t in zip(wanted, got)}
     thresholds, meaning = drop_thresholds(result, labels)
     page = render(
         "audit.html.j2", title=title, version=__version__,
@@ -283,7 +292,7 @@ def write_report(path, *, result, epoch, model_path=None, data_path=None,
         score_meaning=SCORES.get(result.params.get("method"), DENSITY)[1],
         per_class=per_class,
         suspicious=_suspicious_context(result, epoch, picks, inputs_for, layout,
-                                       _names(summary)),
+                                       _names(summary), texts_for),
         files=file_links(path, files, FILE_LABELS), audit=_audit_context(summary))
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -328,6 +337,7 @@ def _audit_context(summary):
     agree = summary.get("head_agreement")
     return {
         "probe": probe, "agreement": agree, "image": summary.get("image"),
+        "text": summary.get("text"),
         "features": summary.get("features") or {},
         "classes": list(enumerate(summary.get("class_names") or [])),
         "skipped": summary.get("skipped") or [],
@@ -336,7 +346,23 @@ def _audit_context(summary):
     }
 
 
-def _suspicious_context(result, epoch, picks, inputs_for, layout, names=None):
+#: Characters of a text example shown in the report (the rest cut, marked with ...).
+TEXT_CHARS = 300
+
+
+def shorten_text(value, limit=TEXT_CHARS):
+    """A dataset's text value as the report shows it: a string of at most ``limit`` chars.
+
+    Non-strings are shown by their ``repr``; control characters as escapes
+    (HTML escaping is the template engine's).
+    """
+    text = value if isinstance(value, str) else repr(value)
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in
+                   text[:limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _suspicious_context(result, epoch, picks, inputs_for, layout, names=None, texts_for=None):
     thumbs = layout is not None and bool(inputs_for)
     blocks = []
     for c in result.classes:
@@ -355,7 +381,8 @@ def _suspicious_context(result, epoch, picks, inputs_for, layout, names=None):
                 "mispredicted": pred != c.label,
                 "thumb": (_thumb(inputs_for[r], None if layout == "image" else layout)
                           if thumbs and r in inputs_for else None),
-                "pred_name": names[pred] if names and pred < len(names) else None})
+                "pred_name": names[pred] if names and pred < len(names) else None,
+                "text": (texts_for or {}).get(r)})
         blocks.append({"label": c.label, "dropped": c.dropped, "n_scored": c.n_scored,
                        "examples": examples,
                        "name": names[c.label] if names and c.label < len(names) else None})
