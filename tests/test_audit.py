@@ -83,6 +83,40 @@ def test_each_example_is_scored_by_a_head_that_never_saw_it():
     assert res.logits[0].argmax() == 1
 
 
+def _blas_threads(n):
+    """Run the caller's block with ``n`` BLAS threads in every BLAS library.
+
+    SciPy's L-BFGS-B calls SciPy's own OpenBLAS, which threadpoolctl sees
+    only once scipy.optimize is imported: import it first, or the limit
+    would miss it and force nothing.
+    """
+    import scipy.optimize  # noqa: F401
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def _mixture(n, d, c, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    return labels, (rng.normal(size=(n, d)) + np.eye(c, d)[labels]).astype(np.float32)
+
+
+def test_probe_bits_do_not_depend_on_blas_threads():
+    # Issue 24: on an EPYC runner, audit --probe and extract --probe wrote
+    # logits one ulp apart because how BLAS split products over its threads
+    # changed their last bits. Before the fix, 1 and 2 BLAS threads gave
+    # different logits in every entry here (SciPy's L-BFGS-B and NumPy's
+    # products both thread at this size).
+    labels, x = _mixture(600, 64, 10)
+    for features in (x, x.astype(np.float64)):
+        with _blas_threads(1):
+            one = cross_fit_probe(labels, features, max_iter=60)
+        with _blas_threads(2):
+            two = cross_fit_probe(labels, features, max_iter=60)
+        np.testing.assert_array_equal(one.logits, two.logits)
+        assert one.n_iter == two.n_iter
+
+
 def test_stratified_folds_spread_each_class_and_depend_only_on_it():
     labels = np.array([0] * 23 + [1] * 7 + [2] * 3)
     fold = stratified_folds(labels, 5, random_state=3)
@@ -200,6 +234,29 @@ def test_audit_image_folder_with_probe(folder):
     assert r.exit_code == 0, r.output
     with h5py.File(out / "export.h5", "r") as a, h5py.File(folder["root"] / "e.h5", "r") as b:
         np.testing.assert_array_equal(a["logits"][()], b["logits"][()])
+
+
+def test_audit_and_extract_probe_write_the_same_export_whatever_blas_threads(tmp_path):
+    # Issue 24: the two commands promise the same export. Run them with 1 and
+    # 2 BLAS threads on an array file large enough for BLAS to thread (the
+    # image folder above is too small to): before the fix every logit differed.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 600)
+    inputs = rng.normal(size=(600, 3, 8, 8)).astype(np.float32)
+    inputs[np.arange(600), labels % 3, labels // 3] += 3.0
+    data = str(tmp_path / "d.npz")
+    np.savez(data, inputs=inputs, labels=labels)
+    enc = AD.encoder(str(tmp_path / "enc.onnx"), n_out=10, size=(8, 8), hidden=64)
+    with _blas_threads(1):
+        r = run("audit", enc, data, "--probe", "-o", tmp_path / "audit", "-q")
+    assert r.exit_code == 0, r.output
+    with _blas_threads(2):
+        r = run("extract", enc, data, "--probe", "-o", tmp_path / "e.h5", "-q")
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "audit" / "export.h5", "r") as a, \
+            h5py.File(tmp_path / "e.h5", "r") as b:
+        for name in ("labels", "features", "logits"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
 
 
 def test_a_head_over_other_classes_is_refused_without_probe(folder):
