@@ -29,6 +29,7 @@ from gradscore.pipeline import SCORE_DEFAULTS  # noqa: E402
 from gradscore_cli.main import main as cli  # noqa: E402
 
 import audit_data as AD  # noqa: E402
+from conftest import blas_threads  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -83,25 +84,13 @@ def test_each_example_is_scored_by_a_head_that_never_saw_it():
     assert res.logits[0].argmax() == 1
 
 
-def _blas_threads(n):
-    """Run the caller's block with ``n`` BLAS threads in every BLAS library.
-
-    SciPy's L-BFGS-B calls SciPy's own OpenBLAS, which threadpoolctl sees
-    only once scipy.optimize is imported: import it first, or the limit
-    would miss it and force nothing.
-    """
-    import scipy.optimize  # noqa: F401
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=n, user_api="blas")
-
-
 def _mixture(n, d, c, seed=0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, c, n)
     return labels, (rng.normal(size=(n, d)) + np.eye(c, d)[labels]).astype(np.float32)
 
 
-def test_probe_bits_do_not_depend_on_blas_threads():
+def test_probe_bits_do_not_depend_onblas_threads():
     # Issue 24: on an EPYC runner, audit --probe and extract --probe wrote
     # logits one ulp apart because how BLAS split products over its threads
     # changed their last bits. Before the fix, 1 and 2 BLAS threads gave
@@ -109,9 +98,9 @@ def test_probe_bits_do_not_depend_on_blas_threads():
     # products both thread at this size).
     labels, x = _mixture(600, 64, 10)
     for features in (x, x.astype(np.float64)):
-        with _blas_threads(1):
+        with blas_threads(1):
             one = cross_fit_probe(labels, features, max_iter=60)
-        with _blas_threads(2):
+        with blas_threads(2):
             two = cross_fit_probe(labels, features, max_iter=60)
         np.testing.assert_array_equal(one.logits, two.logits)
         assert one.n_iter == two.n_iter
@@ -236,7 +225,7 @@ def test_audit_image_folder_with_probe(folder):
         np.testing.assert_array_equal(a["logits"][()], b["logits"][()])
 
 
-def test_audit_and_extract_probe_write_the_same_export_whatever_blas_threads(tmp_path):
+def test_audit_and_extract_probe_write_the_same_export_whateverblas_threads(tmp_path):
     # Issue 24: the two commands promise the same export. Run them with 1 and
     # 2 BLAS threads on an array file large enough for BLAS to thread (the
     # image folder above is too small to): before the fix every logit differed.
@@ -247,10 +236,10 @@ def test_audit_and_extract_probe_write_the_same_export_whatever_blas_threads(tmp
     data = str(tmp_path / "d.npz")
     np.savez(data, inputs=inputs, labels=labels)
     enc = AD.encoder(str(tmp_path / "enc.onnx"), n_out=10, size=(8, 8), hidden=64)
-    with _blas_threads(1):
+    with blas_threads(1):
         r = run("audit", enc, data, "--probe", "-o", tmp_path / "audit", "-q")
     assert r.exit_code == 0, r.output
-    with _blas_threads(2):
+    with blas_threads(2):
         r = run("extract", enc, data, "--probe", "-o", tmp_path / "e.h5", "-q")
     assert r.exit_code == 0, r.output
     with h5py.File(tmp_path / "audit" / "export.h5", "r") as a, \
