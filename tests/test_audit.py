@@ -222,7 +222,8 @@ def test_audit_image_folder_with_probe(folder):
             folder["root"] / "e.h5", "-q")
     assert r.exit_code == 0, r.output
     with h5py.File(out / "export.h5", "r") as a, h5py.File(folder["root"] / "e.h5", "r") as b:
-        np.testing.assert_array_equal(a["logits"][()], b["logits"][()])
+        for name in ("labels", "ids", "features", "logits"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
 
 
 def test_audit_and_extract_probe_write_the_same_export_whateverblas_threads(tmp_path):
