@@ -13,29 +13,26 @@ def n_threads(n_jobs, n_tasks):
     return max(1, min(n_jobs, n_tasks))
 
 
-def one_blas_thread_each(jobs):
-    """Context for running tasks on ``jobs`` threads: one BLAS thread each.
-
-    As scikit-learn does for nested parallelism: with classes on several
-    threads, BLAS's own threads would compete with them for the same cores
-    (OpenBLAS threads spin while they wait). Measured on the ImageNet shape
-    on 2 cores: 250 CPU s and 136 s wall with BLAS's default threads, 181 CPU
-    s and 109 s with one (docs/benchmarks.md, issue 10). With one task
-    thread, BLAS keeps its threads.
-    """
-    if jobs > 1:
-        return threadpool_limits(limits=1, user_api="blas")
-    return nullcontext()
-
-
 def one_blas_thread():
     """One BLAS thread for the caller's products, unless BLAS already has one.
 
-    For kernels whose results must not depend on how BLAS splits a product
-    over threads (the cross-class search's distances): the split changes the
-    last bits of the values. Set only when needed: a process whose tasks run
-    on several threads at once (local threads, Dask workers) has one BLAS
-    thread already.
+    For every product whose bits gradscore promises (the probe, the per-class
+    scores, the cross-class search's distances): how BLAS splits a product
+    over threads changes the last bits of its values (on OpenBLAS, a
+    matrix-vector product or a thin matrix product split along its inner
+    dimension; an SVD), so without it the results would depend on the
+    runner's cores and on ``n_jobs`` (issue 24). It is also the faster
+    choice with classes on several threads, as scikit-learn does for nested
+    parallelism: BLAS's own threads would compete with them for the same
+    cores (OpenBLAS threads spin while they wait). Measured on the ImageNet
+    shape on 2 cores: 250 CPU s and 136 s wall with BLAS's default threads,
+    181 CPU s and 109 s with one (docs/benchmarks.md, issue 10).
+
+    Only the BLAS libraries already loaded are limited (threadpoolctl): load
+    SciPy's linear algebra before entering where it is used. Set only when
+    needed: a process whose tasks run on several threads at once (local
+    threads, Dask workers) has one BLAS thread already, and a limit entered
+    and left by each of those threads would undo the others'.
     """
     from threadpoolctl import threadpool_info
     if all(p.get("num_threads", 1) <= 1 for p in threadpool_info()

@@ -27,7 +27,7 @@ from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplis
                           read_keeplist)
 from .io.partition import (create_spill_files, join_indexes, read_index, spill_piece,
                            spill_pieces)
-from ._threads import n_threads, one_blas_thread_each
+from ._threads import n_threads, one_blas_thread
 from .pipeline import (_score, check_features_given, check_history, check_n_jobs,
                        check_params, class_budgets, needs_features)
 from .tasks import CROSS_CLASS_METHODS, gather, score_spilled_class
@@ -179,10 +179,14 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
         from .distributed import client_executor, warm_up
         executor = client_executor(client)
         warm = warm_up(client, method, gradient)
-    elif executor is None:
-        jobs = n_threads(n_jobs, 1 << 30)
-        own_pool = executor = ThreadPoolExecutor(jobs)
-        blas = one_blas_thread_each(jobs)
+    else:
+        if executor is None:
+            own_pool = executor = ThreadPoolExecutor(n_threads(n_jobs, 1 << 30))
+        # One BLAS thread in this process while its threads run tasks (each
+        # task sets it too, for processes; set here first, so that tasks on
+        # threads do not undo each other's limit): a product's last bits
+        # depend on how BLAS splits it over threads (issue 24).
+        blas = one_blas_thread()
     try:
         if method in IN_MEMORY_METHODS:
             indexes = None

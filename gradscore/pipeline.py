@@ -15,7 +15,7 @@ import inspect
 import numpy as np
 
 from . import neighbors as nb
-from ._threads import n_threads, one_blas_thread_each
+from ._threads import n_threads, one_blas_thread
 from ._validation import (check_choice, check_float_matrix, check_fraction,
                           check_int, check_labels)
 from .errors import GradscoreError
@@ -301,10 +301,11 @@ def _score(labels, logits, features, params, *, active=None, history=None, progr
         return score_class(data, params)
 
     jobs = n_threads(n_jobs, len(present))
-    with ThreadPoolExecutor(max_workers=jobs) as pool, one_blas_thread_each(jobs):
+    with ThreadPoolExecutor(max_workers=jobs) as pool, one_blas_thread():
         # Classes run in threads (numpy, BLAS and the numba kernels release the
         # GIL); results and warnings are gathered in class order, so output
-        # does not depend on scheduling.
+        # does not depend on scheduling. BLAS runs on one thread whatever
+        # n_jobs, so a score's bits do not depend on it either (issue 24).
         outcomes = pool.map(one, present, class_rows) if jobs > 1 else \
             map(one, present, class_rows)
         return gather(outcomes, class_rows, n=n, active=active, params=params,

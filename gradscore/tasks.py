@@ -21,6 +21,7 @@ import numpy as np
 
 from . import neighbors as nb
 from ._progress import progress_bar
+from ._threads import one_blas_thread
 from .density import knn_density
 from .errors import GradscoreError, GradscoreWarning
 from .gradients import class_gradients
@@ -241,8 +242,11 @@ def score_spilled_class(slices, active, n_medoids, params, votes=None):
         This class's rows of the cross-class votes, in the spill's row order.
     """
     logits, features = load_class(slices)
-    return score_class(ClassData(slices.label, logits, features, active, n_medoids, votes),
-                       params)
+    # One BLAS thread wherever the task runs (a thread, a process, a Dask
+    # worker): the scores' bits then do not depend on the runner (issue 24).
+    with one_blas_thread():
+        return score_class(ClassData(slices.label, logits, features, active, n_medoids,
+                                     votes), params)
 
 
 def gather(outcomes, class_rows, *, n, active, params, progress=False, total=None):

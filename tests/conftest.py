@@ -27,6 +27,17 @@ def make_data(n=600, c=4, d=8, seed=0, margin=4.0):
     return labels, logits, features
 
 
+def blas_threads(n):
+    """Context: ``n`` BLAS threads in every BLAS library, to force what differs
+    between runners (issue 24: a product's last bits depend on how BLAS splits
+    it over threads). SciPy has its own OpenBLAS, which threadpoolctl sees only
+    once SciPy's linear algebra is loaded: load it first, or the limit misses it.
+    """
+    import scipy.optimize  # noqa: F401
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=n, user_api="blas")
+
+
 @pytest.fixture
 def torch_one_thread():
     """Torch on one thread for the test (tiny models: threads only contend)."""

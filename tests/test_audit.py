@@ -29,6 +29,7 @@ from gradscore.pipeline import SCORE_DEFAULTS  # noqa: E402
 from gradscore_cli.main import main as cli  # noqa: E402
 
 import audit_data as AD  # noqa: E402
+from conftest import blas_threads  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,28 @@ def test_each_example_is_scored_by_a_head_that_never_saw_it():
     x[0] = x[40] + 1e-3          # row 0 sits in class 1 but is labelled 0
     res = cross_fit_probe(labels, x, alpha=1e-4)
     assert res.logits[0].argmax() == 1
+
+
+def _mixture(n, d, c, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    return labels, (rng.normal(size=(n, d)) + np.eye(c, d)[labels]).astype(np.float32)
+
+
+def test_probe_bits_do_not_depend_onblas_threads():
+    # Issue 24: on an EPYC runner, audit --probe and extract --probe wrote
+    # logits one ulp apart because how BLAS split products over its threads
+    # changed their last bits. Before the fix, 1 and 2 BLAS threads gave
+    # different logits in every entry here (SciPy's L-BFGS-B and NumPy's
+    # products both thread at this size).
+    labels, x = _mixture(600, 64, 10)
+    for features in (x, x.astype(np.float64)):
+        with blas_threads(1):
+            one = cross_fit_probe(labels, features, max_iter=60)
+        with blas_threads(2):
+            two = cross_fit_probe(labels, features, max_iter=60)
+        np.testing.assert_array_equal(one.logits, two.logits)
+        assert one.n_iter == two.n_iter
 
 
 def test_stratified_folds_spread_each_class_and_depend_only_on_it():
@@ -199,7 +222,31 @@ def test_audit_image_folder_with_probe(folder):
             folder["root"] / "e.h5", "-q")
     assert r.exit_code == 0, r.output
     with h5py.File(out / "export.h5", "r") as a, h5py.File(folder["root"] / "e.h5", "r") as b:
-        np.testing.assert_array_equal(a["logits"][()], b["logits"][()])
+        for name in ("labels", "ids", "features", "logits"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+
+def test_audit_and_extract_probe_write_the_same_export_whateverblas_threads(tmp_path):
+    # Issue 24: the two commands promise the same export. Run them with 1 and
+    # 2 BLAS threads on an array file large enough for BLAS to thread (the
+    # image folder above is too small to): before the fix every logit differed.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 600)
+    inputs = rng.normal(size=(600, 3, 8, 8)).astype(np.float32)
+    inputs[np.arange(600), labels % 3, labels // 3] += 3.0
+    data = str(tmp_path / "d.npz")
+    np.savez(data, inputs=inputs, labels=labels)
+    enc = AD.encoder(str(tmp_path / "enc.onnx"), n_out=10, size=(8, 8), hidden=64)
+    with blas_threads(1):
+        r = run("audit", enc, data, "--probe", "-o", tmp_path / "audit", "-q")
+    assert r.exit_code == 0, r.output
+    with blas_threads(2):
+        r = run("extract", enc, data, "--probe", "-o", tmp_path / "e.h5", "-q")
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "audit" / "export.h5", "r") as a, \
+            h5py.File(tmp_path / "e.h5", "r") as b:
+        for name in ("labels", "features", "logits"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
 
 
 def test_a_head_over_other_classes_is_refused_without_probe(folder):

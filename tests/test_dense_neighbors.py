@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from gradscore import neighbors as nb
 from gradscore.gradients import class_gradients
-from gradscore._threads import one_blas_thread_each
+from gradscore._threads import one_blas_thread
 from gradscore.selection.epic import similarity_from_sqdist
 
 
@@ -53,14 +53,14 @@ def test_k_zero_skips_the_search():
     assert np.array_equal(sim, similarity_from_sqdist(nb.pairwise_sqdist(g), 4))
 
 
-def test_class_threads_get_one_blas_thread_each():
+def test_class_tasks_get_one_blas_thread():
     def blas_threads():
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 
     before = blas_threads()
     assert before, "threadpoolctl finds no BLAS library to limit"
-    with one_blas_thread_each(2):
-        assert all(t == 1 for t in blas_threads())
+    with threadpool_limits(limits=2, user_api="blas"):
+        with one_blas_thread():
+            assert all(t == 1 for t in blas_threads())
+        assert all(t == 2 for t in blas_threads())
     assert blas_threads() == before
-    with one_blas_thread_each(1):
-        assert blas_threads() == before

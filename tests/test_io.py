@@ -265,3 +265,35 @@ def test_writer_takes_its_layout_from_the_first_batch(tmp_path):
         with gradscore.EpochWriter(tmp_path / "empty.h5"):
             pass
     assert sorted(os.listdir(tmp_path)) == ["lazy.h5"]
+
+
+def test_logits_computed_from_features_do_not_depend_on_read_blocks(tmp_path):
+    # Issue 24: an export with features, weight and bias but no logits has its
+    # logits computed at read time, in the blocks the run reads (65,536 rows in
+    # memory, the spill's own block size when spilled). A BLAS product's last
+    # bits depend on its shape and thread count, so before the fix a row's
+    # float64 logits depended on the block it was read in (hundreds differed).
+    from conftest import blas_threads
+    from gradscore.io.reader import _Source, _read_block, _read_linear
+
+    rng = np.random.default_rng(0)
+    n, d, c = 3000, 512, 10
+    path = str(tmp_path / "linear.h5")
+    gradscore.write_epoch(path, labels=rng.integers(0, c, n),
+                          features=rng.normal(size=(n, d)).astype(np.float32),
+                          weight=rng.normal(size=(c, d)), bias=rng.normal(size=c))
+    with h5py.File(path, "a") as f:
+        del f["logits"]                  # as a third-party writer may leave it
+    src = _Source(path)
+    try:
+        linear = _read_linear(src)
+        with blas_threads(2):
+            whole = _read_block(src, 0, n, linear)[0]
+        assert whole.dtype == np.float64
+        for size in (97, 1000, 1024):
+            with blas_threads(1):
+                parts = [_read_block(src, a, min(n, a + size), linear)[0]
+                         for a in range(0, n, size)]
+            np.testing.assert_array_equal(np.concatenate(parts), whole, err_msg=str(size))
+    finally:
+        src.close()

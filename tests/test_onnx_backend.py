@@ -97,6 +97,9 @@ def test_same_decisions_as_numpy(method, gradient):
     kw = dict(method=method, gradient=gradient, k=15, dense_max=0)  # kNN from the backend
     ref = gradscore.score(labels, logits, features, neighbors="brute", **kw)
     got = gradscore.score(labels, logits, features, neighbors="onnx", **kw)
+    # Two arithmetics (onnxruntime's Gram product, BLAS's): scores equal to
+    # rounding (rtol 1e-9), not bit for bit; decisions equal because no score
+    # here sits within that of a threshold (docs/reliability.md, "Same bits").
     np.testing.assert_array_equal(got.keep, ref.keep)
     np.testing.assert_array_equal(got.decision, ref.decision)
     np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-9)

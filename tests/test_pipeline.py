@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import gradscore
 from gradscore import GradscoreError, GradscoreWarning
-from conftest import make_data
+from conftest import blas_threads, make_data
 
 
 def test_score_returns_one_row_per_example_with_documented_fields():
@@ -260,6 +260,22 @@ def test_bad_arrays_are_named_in_errors():
         f = feats.copy()
         f[0, 0] = np.inf
         gradscore.score(labels, logits, f, gradient="last-layer")
+
+
+def test_scores_do_not_depend_on_n_jobs_or_blas_threads():
+    # Issue 24: a class scored alone (n_jobs=1) kept BLAS's threads, and
+    # several classes at once ran one BLAS thread each; on wide features the
+    # spectral scores' SVD and product then differed in their last bits
+    # (398 of 400 scores before the fix, with 2 BLAS threads forced).
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], 200)
+    logits = rng.normal(size=(400, 2)) + 3 * np.eye(2)[labels]
+    feats = rng.normal(size=(400, 1500)) + np.eye(2, 1500)[labels]
+    with blas_threads(2):
+        one = gradscore.score(labels, logits, feats, method="spectral", n_jobs=1)
+    many = gradscore.score(labels, logits, feats, method="spectral", n_jobs=2)
+    np.testing.assert_array_equal(one.scores, many.scores)
+    np.testing.assert_array_equal(one.keep, many.keep)
 
 
 def test_results_do_not_depend_on_threads():

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._threads import one_blas_thread
 from .._validation import check_fraction, check_int, check_labels
 from ..errors import GradscoreError, GradscoreWarning
 
@@ -261,14 +262,23 @@ class _Joint:
 
 def _fit(labels, x, fold, num_classes, n_heads, alpha, max_iter, tol):
     """Fit head k on the rows whose fold is not k; logits of each row from its fold's head."""
+    # Imported before the thread limit: threadpoolctl limits only the BLAS
+    # libraries already loaded, and L-BFGS-B calls SciPy's own OpenBLAS.
     from scipy.optimize import minimize
 
     f = _Joint(labels, x, fold, num_classes, n_heads, alpha)
     theta0 = np.zeros(f.d * n_heads * num_classes + n_heads * num_classes)
-    res = minimize(f, theta0, jac=True, method="L-BFGS-B",
-                   options={"maxiter": max_iter, "gtol": tol, "ftol": tol * 1e-3,
-                            "maxcor": 20})
-    return f.out_of_fold(res.x), res
+    # One BLAS thread for the whole fit (NumPy's products and L-BFGS-B's
+    # own): how BLAS splits a product over threads changes its last bits,
+    # and L-BFGS-B carries any change into every logit. So the logits depend
+    # on the features and the CPU's BLAS kernels only, and "extract --probe"
+    # writes the export "audit --probe" writes (issue 24). The row blocks
+    # are fixed by the problem's shape (``_Joint.block``), not by the run.
+    with one_blas_thread():
+        res = minimize(f, theta0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": max_iter, "gtol": tol, "ftol": tol * 1e-3,
+                                "maxcor": 20})
+        return f.out_of_fold(res.x), res
 
 
 def fit_without(labels, features, held_out, *, num_classes, alpha=1e-3, max_iter=500,

@@ -22,6 +22,7 @@ import re
 import h5py
 import numpy as np
 
+from .._threads import one_blas_thread
 from .._validation import check_finite, format_rows
 from ..errors import GradscoreError
 from ..limits import ID_RULE, MAX_ID_BYTES, check_id_bytes
@@ -802,11 +803,38 @@ def _read_block(src, start, stop, linear, *, read_features=True):
         lg = src.read(S.LOGITS, slice(start, stop))
         check_finite(lg, f"{src.path}: dataset 'logits'", row_offset=start)
     else:
-        w, b = linear
-        lg = feat.astype(np.float64) @ w.T + b
+        lg = _linear_logits(src, start, stop, feat, *linear)
         check_finite(lg, f"{src.path}: logits computed from 'features', 'weight' "
                      "and 'bias'", row_offset=start)
     return lg, feat
+
+
+#: Rows per product when logits are computed from the features: tiles
+#: aligned to the file's row numbers.
+LINEAR_TILE = 1024
+
+
+def _linear_logits(src, start, stop, feat, w, b):
+    """``features @ weight.T + bias`` of rows ``[start, stop)``, float64.
+
+    A BLAS product's last bits depend on its shape and on how BLAS splits it
+    over threads, and an in-memory run reads a file in other blocks than a
+    spilled one. So the product runs on one BLAS thread over tiles of
+    ``LINEAR_TILE`` rows aligned to the file's row numbers, reading the
+    features of a tile's rows outside ``[start, stop)`` when a block cuts it:
+    a row's logits have the same bits whatever the blocks (issue 24).
+    """
+    a0 = start - start % LINEAR_TILE
+    a1 = min(src.n, -(-stop // LINEAR_TILE) * LINEAR_TILE)
+    full = feat if (a0, a1) == (start, stop) else src.read(S.FEATURES, slice(a0, a1))
+    out = np.empty((stop - start, w.shape[0]))
+    with one_blas_thread():
+        for a in range(a0, a1, LINEAR_TILE):
+            z = min(a1, a + LINEAR_TILE)
+            lo, hi = max(a, start), min(z, stop)
+            out[lo - start:hi - start] = \
+                (full[a - a0:z - a0].astype(np.float64) @ w.T + b)[lo - a:hi - a]
+    return out
 
 
 def _dtypes(sources):
