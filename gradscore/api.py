@@ -148,7 +148,7 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
         # What the run will write, bounded from the files' metadata before
         # reading them: a .txt keep-list (or .csv scores) of at most every id
         # and a newline each. Checked again, exactly, before writing.
-        rows, id_bytes = declared_id_bytes(paths)
+        rows, id_bytes = declared_id_bytes(paths, max_memory=max_memory)
         if out_ext == ".txt":
             check_free_space(output, id_bytes + rows)
         if sc_ext == ".csv":

@@ -507,9 +507,14 @@ def _str_id_bytes(src):
     return src.n * per_row + min(src.n * MAX_ID_BYTES, max(0, heap))
 
 
-def declared_id_bytes(paths):
+def declared_id_bytes(paths, *, max_memory=None):
     """``(rows, id_bytes)``: the export's rows, and at most how many bytes of
     UTF-8 its ids take together, from the files' metadata (nothing read).
+
+    Each file is first held to what every run must hold of it, its labels
+    and ids (the spill's first pass), against ``max_memory``: an input that
+    declares more than the machine has is refused for what it is, before
+    any output is sized from it.
 
     Integer ids: 20 characters each at most. Fixed-length strings: the
     declared width. Variable-length strings: the string heap, bounded by
@@ -520,6 +525,8 @@ def declared_id_bytes(paths):
     for p in paths:
         src = _Source(p)
         try:
+            _check_size([src], keep_features=False, block_rows=S.BLOCK_ROWS,
+                        max_memory=parse_memory(max_memory), only=(S.LABELS, S.IDS))
             rows += src.n
             if src.id_kind != "str":
                 id_bytes += 20 * src.n
