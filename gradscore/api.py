@@ -294,6 +294,9 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
         with _where_hint(remote):
             result = gather(outcomes, rows, n=epoch.labels.size, active=active,
                             params=params, progress=progress, total=len(present))
+        if votes is not None and votes.review is not None:
+            # The neighbours' suggestions; the logits (for a head's) stay in the spill.
+            result.attach_review(votes.review)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result, epoch
@@ -359,5 +362,6 @@ def run_metadata(result, epoch, *, previous=None):
         "previous": None if previous is None else os.fspath(previous),
         "n": int(result.keep.size),
         "kept": int(np.sum(result.keep)),
+        "estimated_bad_share": result.bad_share,
         "classes": counts,
     }

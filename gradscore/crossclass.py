@@ -37,7 +37,8 @@ from .history import margin_gain
 from .neighbors._cross import ClassInput, cross_neighbors, nearest_to_centres_in_store
 from .selection.feature_space import deep_knn_agreement
 from .selection.groups import foreign_groups, tree_edges
-from .selection.label_support import _label_support
+from .review import Review, join_signals, softmax, suggest
+from .selection.label_support import THRESHOLD, _support, _support_parts
 from .selection.trajectory import trajectory_drop
 
 #: ``neighbors`` values the cross-class search takes: ``"auto"`` (exact when
@@ -65,17 +66,22 @@ class CrossClassVotes:
         Neighbours per row actually used.
     neighbors : str
         The neighbour search that ran: ``"exact"`` or ``"cells"``.
+    review : Review, default=None
+        The dropped rows' suggested labels, confidence and signal
+        (:mod:`gradscore.review`).
     """
 
     agreement: np.ndarray
     drop: np.ndarray
     k_used: int
     neighbors: str
+    review: Review = None
 
     def take(self, rows):
         """The votes of ``rows`` (an index array), e.g. one class's."""
         return CrossClassVotes(self.agreement[rows], self.drop[rows], self.k_used,
-                               self.neighbors)
+                               self.neighbors,
+                               None if self.review is None else self.review.take(rows))
 
 
 def check_cross_backend(method, neighbors):
@@ -193,10 +199,16 @@ def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executo
     idx = pos[found.indices[act]]
     del found.indices, found.sqdist
     lab = labels[act]
+    review = Review.empty(n)
     if params["method"] == "label-support":
-        agreement[act], drop[act] = _label_support(lab, features[act], idx,
-                                                   num_classes=num_classes)
-        return CrossClassVotes(agreement, drop, found.k_all, found.method)
+        share, prob = _support_parts(lab, features[act], idx, num_classes=num_classes)
+        agreement[act] = _support(lab, share, prob)
+        drop[act] = agreement[act] < THRESHOLD
+        _review(review, act, lab, idx, drop[act], num_classes, probs=prob,
+                signals=[("neighbours", share <= 0.5)] + (
+                    [] if prob is None else
+                    [("head", prob[np.arange(lab.size), lab] < 0.5)]))
+        return CrossClassVotes(agreement, drop, found.k_all, found.method, review)
     group_drop = share = moved = None
     if params["method"] in ("groups", "trajectory"):
         trees = []
@@ -213,7 +225,8 @@ def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executo
             clump_voters=_clump_voters(found, act, pos, executor))
         if params["method"] == "trajectory":
             moved = _trajectory(lab, logits[act], history.take(act), trees)
-    agreement[act], drop[act] = deep_knn_agreement(lab, idx, num_classes, ignore=group_drop)
+    agreement[act], lone = deep_knn_agreement(lab, idx, num_classes, ignore=group_drop)
+    drop[act] = lone
     if group_drop is not None:
         agreement[act] = np.fmin(agreement[act], share)
         drop[act] |= group_drop
@@ -221,7 +234,38 @@ def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executo
         agreement[act] = np.where(moved.drop, np.fmin(agreement[act], -moved.lift),
                                   agreement[act])
         drop[act] |= moved.drop
-    return CrossClassVotes(agreement, drop, found.k_all, found.method)
+    signals = [("neighbours", lone)]
+    if group_drop is not None:
+        signals.append(("group", group_drop))
+    if moved is not None:
+        signals.append(("trajectory", moved.drop))
+    # The head is the export's logits (the cross-fitted probe's in an audit with --probe).
+    _review(review, act, lab, idx, drop[act], num_classes,
+            probs=None if logits is None else logits, signals=signals, head_rows=True)
+    return CrossClassVotes(agreement, drop, found.k_all, found.method, review)
+
+
+def _review(review, act, lab, idx, drop, num_classes, *, probs, signals, head_rows=False):
+    """Fill ``review`` for the dropped scored rows (positions in ``act``).
+
+    ``probs``: the head's probabilities of the scored rows (n_act, C), or
+    with ``head_rows`` the export's logits of every row (n, C), or None.
+    """
+    where = np.flatnonzero(drop)
+    if not where.size:
+        return
+    rows = act[where]
+    p = None
+    if probs is not None:
+        p = softmax(probs[rows]) if head_rows else probs[where]
+    # The neighbours' labels; rows outside the scored set (-1) do not vote.
+    nl = np.where(idx[where] >= 0, lab[idx[where]], -1)
+    review.suggested[rows], review.confidence[rows] = suggest(
+        lab, where, num_classes=num_classes, neighbour_labels=nl, probs=p)
+    named = [(name, m[where]) for name, m in signals]
+    if p is not None and not any(name == "head" for name, _ in signals):
+        named.append(("head", p[np.arange(where.size), lab[where]] < 0.5))
+    review.signal[rows] = join_signals(*named)
 
 
 def _trajectory(labels, logits, history, trees):

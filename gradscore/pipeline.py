@@ -307,8 +307,25 @@ def _score(labels, logits, features, params, *, active=None, history=None, progr
         # does not depend on scheduling.
         outcomes = pool.map(one, present, class_rows) if jobs > 1 else \
             map(one, present, class_rows)
-        return gather(outcomes, class_rows, n=n, active=active, params=params,
-                      progress=progress, total=len(present))
+        result = gather(outcomes, class_rows, n=n, active=active, params=params,
+                        progress=progress, total=len(present))
+    return review_result(result, labels, logits, params,
+                         None if votes is None else votes.review)
+
+
+def review_result(result, labels, logits, params, review=None):
+    """``result`` with its flagged rows' suggestions and the estimated share of bad rows.
+
+    ``review``: the cross-class stage's (:class:`gradscore.crossclass.CrossClassVotes`);
+    the per-class methods' come from the logits alone (:func:`gradscore.review.head_review`).
+    """
+    from .review import _estimate_bad_share, head_review
+    num_classes = params["num_classes"]
+    if review is None:
+        review = head_review(labels, logits, result.flagged, num_classes=num_classes,
+                             signal=params["method"])
+    result.attach_review(review, _estimate_bad_share(labels, logits, num_classes))
+    return result
 
 
 def class_budgets(labels, active, params):
