@@ -309,22 +309,11 @@ def _score(labels, logits, features, params, *, active=None, history=None, progr
             map(one, present, class_rows)
         result = gather(outcomes, class_rows, n=n, active=active, params=params,
                         progress=progress, total=len(present))
-    return review_result(result, labels, logits, params,
-                         None if votes is None else votes.review)
-
-
-def review_result(result, labels, logits, params, review=None):
-    """``result`` with its flagged rows' suggestions and the estimated share of bad rows.
-
-    ``review``: the cross-class stage's (:class:`gradscore.crossclass.CrossClassVotes`);
-    the per-class methods' come from the logits alone (:func:`gradscore.review.head_review`).
-    """
-    from .review import _estimate_bad_share, head_review
-    num_classes = params["num_classes"]
-    if review is None:
-        review = head_review(labels, logits, result.flagged, num_classes=num_classes,
-                             signal=params["method"])
-    result.attach_review(review, _estimate_bad_share(labels, logits, num_classes))
+    from .review import review_by_class
+    result.attach_review(*review_by_class(
+        labels, result.flagged, present, class_rows, lambda i: logits[class_rows[i]],
+        num_classes=num_classes, signal=params["method"],
+        review=None if votes is None else votes.review))
     return result
 
 

@@ -63,14 +63,16 @@ class Review:
     suggested: np.ndarray
     confidence: np.ndarray
     signal: np.ndarray
+    #: Rows whose suggestion still waits for the head (the neighbours' part
+    #: is in ``pending_share``, (m, C): the share of their neighbours per
+    #: class); :func:`review_by_class` adds the head's probabilities.
+    pending_rows: np.ndarray = None
+    pending_share: np.ndarray = None
 
     @classmethod
     def empty(cls, n):
         return cls(np.full(n, NO_SUGGESTION, np.int64), np.full(n, np.nan),
                    np.full(n, "", dtype=object))
-
-    def take(self, rows):
-        return Review(self.suggested[rows], self.confidence[rows], self.signal[rows])
 
 
 def softmax(logits):
@@ -130,40 +132,93 @@ def estimate_bad_share(labels, logits, *, num_classes=None):
     return _estimate_bad_share(labels, logits, num_classes)
 
 
-#: Rows per block of :func:`_estimate_bad_share` (its float64 probabilities).
-_BLOCK_BYTES = 64 * 2**20
-
-
 def _estimate_bad_share(labels, logits, num_classes):
-    """:func:`estimate_bad_share` on valid labels and logits (n, C), in row blocks."""
-    n = labels.size
-    if n == 0:
+    """:func:`estimate_bad_share` on valid labels and logits (n, C)."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
+    present = [c for c in range(num_classes) if bounds[c + 1] > bounds[c]]
+    rows = [order[bounds[c]:bounds[c + 1]] for c in present]
+    return bad_share_by_class(present, lambda i: logits[rows[i]], num_classes=num_classes)
+
+
+def bad_share_by_class(present, class_logits, *, num_classes):
+    """:func:`estimate_bad_share` from each class's logits, one class in memory at a time.
+
+    Parameters
+    ----------
+    present : list of int
+        The classes that have rows, ascending.
+    class_logits : callable
+        ``class_logits(i)``: the logits (n_c, C) of the rows of class
+        ``present[i]`` (read twice: once for the thresholds, once to count).
+    num_classes : int
+
+    Returns
+    -------
+    share : float
+    """
+    counts = np.zeros(num_classes)
+    t = np.full(num_classes, np.inf)      # a class with no rows: no row reaches it
+    for i, c in enumerate(present):
+        p = softmax(class_logits(i))
+        counts[c] = p.shape[0]
+        t[c] = p[:, c].mean()
+    if not counts.sum():
         return 0.0
-    block = max(1, _BLOCK_BYTES // (8 * num_classes))
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    sums = np.zeros(num_classes)
-    for a in range(0, n, block):
-        y = labels[a:a + block]
-        p = softmax(logits[a:a + block])
-        np.add.at(sums, y, p[np.arange(y.size), y])
-    # A class with no rows gets no threshold any row can reach.
-    t = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
     joint = np.zeros((num_classes, num_classes))
-    for a in range(0, n, block):
-        y = labels[a:a + block]
-        p = softmax(logits[a:a + block])
+    for i, c in enumerate(present):
+        p = softmax(class_logits(i))
         above = p >= t - 1e-6
         n_above = above.sum(axis=1)
         guess = np.where(n_above > 1, p.argmax(axis=1), above.argmax(axis=1))
-        ok = n_above > 0
-        np.add.at(joint, (y[ok], guess[ok]), 1.0)
+        joint[c] = np.bincount(guess[n_above > 0], minlength=num_classes)
     np.fill_diagonal(joint, np.maximum(joint.diagonal(), 1.0))   # as cleanlab does
     joint = joint / joint.sum(axis=1, keepdims=True) * counts[:, None]
-    total = joint.sum()
-    return float(1.0 - np.trace(joint) / total) if total > 0 else 0.0
+    return float(1.0 - np.trace(joint) / joint.sum())
 
 
-def suggest(labels, rows, *, num_classes, neighbour_labels=None, probs=None):
+def review_by_class(labels, flagged, present, class_rows, class_logits, *, num_classes,
+                    signal, review=None):
+    """The run's :class:`Review` and bad share, from each class's logits.
+
+    ``review``: the cross-class stage's (kept as it is); without it, the
+    flagged rows' suggestions come from the logits alone
+    (:func:`head_review`, ``signal`` naming the method). The same function
+    for an in-memory run and a spilled one, so that both give the same numbers.
+
+    Returns
+    -------
+    review : Review
+    bad_share : float
+    """
+    if review is not None and review.pending_rows is not None:
+        _add_head(review, labels, present, class_rows, class_logits, num_classes)
+    if review is None:
+        review = Review.empty(labels.size)
+        for i, rows in enumerate(class_rows):
+            hit = flagged[rows]
+            if hit.any():
+                r = rows[hit]
+                part = head_review(labels[r], class_logits(i)[hit], np.ones(r.size, bool),
+                                   num_classes=num_classes, signal=signal)
+                review.suggested[r], review.confidence[r] = part.suggested, part.confidence
+                review.signal[r] = part.signal
+    return review, bad_share_by_class(present, class_logits, num_classes=num_classes)
+
+
+def neighbour_shares(neighbour_labels, num_classes):
+    """Share of each row's neighbours per class, (m, C); -1 entries do not vote."""
+    nl = np.asarray(neighbour_labels)
+    m = nl.shape[0]
+    q = np.zeros((m, num_classes))
+    valid = nl >= 0
+    n_valid = valid.sum(axis=1)
+    r = np.broadcast_to(np.arange(m)[:, None], nl.shape)[valid]
+    np.add.at(q, (r, nl[valid]), 1.0 / n_valid[r])
+    return q
+
+
+def suggest(labels, rows, *, num_classes, neighbour_labels=None, probs=None, shares=None):
     """Suggested label and confidence for ``rows``, from neighbours' labels and/or a head.
 
     Parameters
@@ -178,6 +233,8 @@ def suggest(labels, rows, *, num_classes, neighbour_labels=None, probs=None):
         entries do not vote).
     probs : ndarray of shape (m, num_classes), default=None
         The head's probabilities for ``rows``.
+    shares : ndarray of shape (m, num_classes), default=None
+        Instead of ``neighbour_labels``: :func:`neighbour_shares` of them.
 
     Returns
     -------
@@ -187,16 +244,14 @@ def suggest(labels, rows, *, num_classes, neighbour_labels=None, probs=None):
         ``q`` at the suggestion, in [0, 1].
     """
     m = rows.size
-    if neighbour_labels is None and probs is None:
-        raise GradscoreError("suggest needs neighbour_labels or probs")
+    if neighbour_labels is None and probs is None and shares is None:
+        raise GradscoreError("suggest needs neighbour_labels, shares or probs")
+    if neighbour_labels is not None and neighbour_labels.shape[1]:
+        shares = neighbour_shares(neighbour_labels, num_classes)
     q = np.zeros((m, num_classes))
     parts = 0
-    if neighbour_labels is not None and neighbour_labels.shape[1]:
-        nl = np.asarray(neighbour_labels)
-        valid = nl >= 0                      # -1: no neighbour there
-        n_valid = valid.sum(axis=1)
-        r = np.broadcast_to(np.arange(m)[:, None], nl.shape)[valid]
-        np.add.at(q, (r, nl[valid]), 1.0 / n_valid[r])
+    if shares is not None:
+        q += shares
         parts += 1
     if probs is not None:
         q += probs
@@ -207,6 +262,24 @@ def suggest(labels, rows, *, num_classes, neighbour_labels=None, probs=None):
         return np.full(m, NO_SUGGESTION, np.int64), np.full(m, np.nan)
     best = q.argmax(axis=1)
     return best.astype(np.int64), q[np.arange(m), best]
+
+
+def _add_head(review, labels, present, class_rows, class_logits, num_classes):
+    """Complete the pending suggestions with the head's probabilities, class by class."""
+    where = np.full(labels.size, -1, np.int64)
+    where[review.pending_rows] = np.arange(review.pending_rows.size)
+    for i, rows in enumerate(class_rows):
+        at = where[rows]
+        hit = at >= 0
+        if not hit.any():
+            continue
+        r, k = rows[hit], at[hit]
+        p = softmax(class_logits(i)[hit])
+        review.suggested[r], review.confidence[r] = suggest(
+            labels, r, num_classes=num_classes, probs=p, shares=review.pending_share[k])
+        low = p[np.arange(r.size), labels[r]] < 0.5
+        review.signal[r] = [s + "+head" if lo else s for s, lo in zip(review.signal[r], low)]
+    review.pending_rows = review.pending_share = None
 
 
 def join_signals(*named):

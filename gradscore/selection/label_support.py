@@ -27,6 +27,11 @@ higher = more typical, and an example is dropped when ``s_i < threshold``
 back its label has support above 1/4. For the suspects the head's
 probability is out of sample; for the others it is in sample (they trained
 it), which only raises their support further.
+
+Spilled and on a Dask cluster (:func:`gradscore.crossclass.spilled_cross_class_votes`)
+the neighbour search runs on the workers and the head is fitted in the
+calling process on the scored rows' features read back from the spill, so
+the keep-list is the in-memory run's.
 """
 
 import numpy as np
