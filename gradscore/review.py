@@ -181,10 +181,13 @@ def review_by_class(labels, flagged, present, class_rows, class_logits, *, num_c
                     signal, review=None):
     """The run's :class:`Review` and bad share, from each class's logits.
 
-    ``review``: the cross-class stage's (kept as it is); without it, the
-    flagged rows' suggestions come from the logits alone
-    (:func:`head_review`, ``signal`` naming the method). The same function
-    for an in-memory run and a spilled one, so that both give the same numbers.
+    ``review``: the cross-class stage's; its pending rows (``deep-knn``,
+    ``groups``: the neighbours' part only) get the head's probabilities
+    from the logits here. Without it (the per-class methods), the flagged
+    rows' suggestions come from the logits alone (:func:`head_review`,
+    ``signal`` naming the method). The same function serves an in-memory
+    run and a spilled one (``class_logits`` reads the spill), so that both
+    give the same numbers.
 
     Returns
     -------
