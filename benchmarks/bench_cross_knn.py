@@ -28,6 +28,7 @@ plain run saved (benchmarks/out/cross-exact-NxD.npz); ``--profile FILE``
 profiles one single-threaded cells search over an export's features:
 
     python benchmarks/bench_cross_knn.py --n 100000 --features 512 --probes 2,1 2,2 2,4 4,4
+    python benchmarks/bench_cross_knn.py --n 100000 --features 512 --probes 2,1 --min-cell-divisor 1024
     python benchmarks/bench_cross_knn.py --profile benchmarks/data/s120k-120000x10x512-float16.h5
 """
 
@@ -257,8 +258,14 @@ def main():
                     help="print one thread's float32 BLAS rate (what an exact search costs)")
     ap.add_argument("--probes", nargs="+", metavar="P,C",
                     help="cells search in process at these probe counts, against the exact lists")
+    ap.add_argument("--min-cell-divisor", type=int, default=None,
+                    help="with --probes: dissolve k-means cells under cell_size // this many "
+                         "rows (gradscore.neighbors._cross.MIN_CELL_DIVISOR; never under k + 1)")
     ap.add_argument("--profile", metavar="FILE", help="profile one cells search over FILE")
     a = ap.parse_args()
+    if a.min_cell_divisor is not None:
+        import gradscore.neighbors._cross as cross
+        cross.MIN_CELL_DIVISOR = a.min_cell_divisor
     if a.blas_rate:
         return blas_rate()
     if a.probes:

@@ -38,7 +38,9 @@ def main():
                    "(with provenance). Default: beside the first input, <stem>.keep.txt.")
 @click.option("--scores", "scores_path", type=click.Path(dir_okay=False),
               help="Also write the per-example table (.csv or .h5): id, label, "
-                   "score (higher = denser), cluster_size, decision.")
+                   "score (higher = more typical), cluster_size, flagged, decision, "
+                   "and for flagged rows suggested_label, suggestion_confidence, "
+                   "signal.")
 @click.option("--method", type=click.Choice(METHODS), default="epic", show_default=True,
               help="epic: drop examples left in tiny facility-location clusters "
                    "(the paper's rule). knn-density: drop the least dense. trajectory: "

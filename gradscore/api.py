@@ -25,13 +25,14 @@ from .io._atomic import atomic_path
 from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplist_to,
                           _write_scores_to, check_free_space, keep_mask, output_bytes,
                           read_keeplist)
-from .io.partition import (create_spill_files, join_indexes, read_index, spill_piece,
-                           spill_pieces)
+from .io.partition import (create_spill_files, join_indexes, load_class, read_index,
+                           spill_piece, spill_pieces)
 from ._threads import n_threads, one_blas_thread
 from .pipeline import (_score, check_features_given, check_history, check_n_jobs,
                        check_params, class_budgets, needs_features)
 from .tasks import CROSS_CLASS_METHODS, gather, score_spilled_class
 from .crossclass import spilled_cross_class_votes
+from .review import review_by_class
 
 SPILL_CHOICES = ("auto", "always", "never")
 #: Methods that run in memory only, and why (with the way out).
@@ -39,9 +40,6 @@ IN_MEMORY_METHODS = {
     "trajectory": "reads the history of every row in memory, so it cannot run from a spill, "
                   "a client or an executor; run it in memory (spill='never', no client), or "
                   "use method='groups', which runs everywhere",
-    "label-support": "fits a head on every row's features in memory, so it cannot run from "
-                     "a spill, a client or an executor; run it in memory (spill='never', no "
-                     "client)",
 }
 #: ``spill="auto"`` spills when the arrays an in-memory run would hold
 #: (float32 logits, and features when the method needs them) exceed this.
@@ -317,9 +315,19 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
         with _where_hint(remote):
             result = gather(outcomes, rows, n=epoch.labels.size, active=active,
                             params=params, progress=progress, total=len(present))
+        # Suggestions and the bad share from the spill's logits, a class at a time.
+        result.attach_review(*review_by_class(
+            epoch.labels, result.flagged, present, rows,
+            lambda i: load_class(_logits_only(part.class_slices(present[i])))[0],
+            num_classes=epoch.num_classes, signal=params["method"],
+            review=None if votes is None else votes.review))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result, epoch
+
+
+def _logits_only(slices):
+    return dataclasses.replace(slices, features_dtype=None)
 
 
 def _task_slices(part, c, votes):
@@ -382,5 +390,6 @@ def run_metadata(result, epoch, *, previous=None):
         "previous": None if previous is None else os.fspath(previous),
         "n": int(result.keep.size),
         "kept": int(np.sum(result.keep)),
+        "estimated_bad_share": result.bad_share,
         "classes": counts,
     }

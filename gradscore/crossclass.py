@@ -37,7 +37,8 @@ from .history import margin_gain
 from .neighbors._cross import ClassInput, cross_neighbors, nearest_to_centres_in_store
 from .selection.feature_space import deep_knn_agreement
 from .selection.groups import foreign_groups, tree_edges
-from .selection.label_support import _label_support
+from .review import Review, join_signals, neighbour_shares, suggest
+from .selection.label_support import THRESHOLD, _support, _support_parts
 from .selection.trajectory import trajectory_drop
 
 #: ``neighbors`` values the cross-class search takes: ``"auto"`` (exact when
@@ -65,12 +66,17 @@ class CrossClassVotes:
         Neighbours per row actually used.
     neighbors : str
         The neighbour search that ran: ``"exact"`` or ``"cells"``.
+    review : Review, default=None
+        The dropped rows' suggested labels, confidence and signal
+        (:mod:`gradscore.review`); only on the epoch's votes, not a
+        class's slice of them.
     """
 
     agreement: np.ndarray
     drop: np.ndarray
     k_used: int
     neighbors: str
+    review: Review = None
 
     def take(self, rows):
         """The votes of ``rows`` (an index array), e.g. one class's."""
@@ -174,7 +180,8 @@ def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executo
            logits=None, history=None, features=None):
     """The votes from one cross-class neighbour search (see the module docstring).
 
-    ``label-support`` also fits a head on ``features`` (in memory only).
+    ``label-support`` also fits a head on the scored rows' features
+    (``features``, or read from the spill: :func:`_scored_features`).
     """
     check_cross_backend(params["method"], params["neighbors"])
     n, num_classes = labels.size, params["num_classes"]
@@ -193,10 +200,18 @@ def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executo
     idx = pos[found.indices[act]]
     del found.indices, found.sqdist
     lab = labels[act]
+    review = Review.empty(n)
     if params["method"] == "label-support":
-        agreement[act], drop[act] = _label_support(lab, features[act], idx,
-                                                   num_classes=num_classes)
-        return CrossClassVotes(agreement, drop, found.k_all, found.method)
+        share, prob = _support_parts(lab, _scored_features(inputs, act, pos, n_features,
+                                                           features),
+                                     idx, num_classes=num_classes)
+        agreement[act] = _support(lab, share, prob)
+        drop[act] = agreement[act] < THRESHOLD
+        _review(review, act, lab, idx, drop[act], num_classes, probs=prob,
+                signals=[("neighbours", share <= 0.5)] + (
+                    [] if prob is None else
+                    [("head", prob[np.arange(lab.size), lab] < 0.5)]))
+        return CrossClassVotes(agreement, drop, found.k_all, found.method, review)
     group_drop = share = moved = None
     if params["method"] in ("groups", "trajectory"):
         trees = []
@@ -213,7 +228,8 @@ def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executo
             clump_voters=_clump_voters(found, act, pos, executor))
         if params["method"] == "trajectory":
             moved = _trajectory(lab, logits[act], history.take(act), trees)
-    agreement[act], drop[act] = deep_knn_agreement(lab, idx, num_classes, ignore=group_drop)
+    agreement[act], lone = deep_knn_agreement(lab, idx, num_classes, ignore=group_drop)
+    drop[act] = lone
     if group_drop is not None:
         agreement[act] = np.fmin(agreement[act], share)
         drop[act] |= group_drop
@@ -221,7 +237,53 @@ def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executo
         agreement[act] = np.where(moved.drop, np.fmin(agreement[act], -moved.lift),
                                   agreement[act])
         drop[act] |= moved.drop
-    return CrossClassVotes(agreement, drop, found.k_all, found.method)
+    signals = [("neighbours", lone)]
+    if group_drop is not None:
+        signals.append(("group", group_drop))
+    if moved is not None:
+        signals.append(("trajectory", moved.drop))
+    # The head is the export's logits (the cross-fitted probe's in an audit with
+    # --probe), added class by class afterwards (gradscore.review.review_by_class).
+    _review(review, act, lab, idx, drop[act], num_classes, probs=None, signals=signals)
+    return CrossClassVotes(agreement, drop, found.k_all, found.method, review)
+
+
+def _scored_features(inputs, act, pos, n_features, features=None):
+    """The scored rows' features, float32, in ``act`` order: ``label-support``'s head.
+
+    In memory, ``features[act]``; spilled, each class's rows read from the
+    spill (the same float32 values, in the same order, so the head and the
+    keep-list are the in-memory run's). The head is fitted in this process:
+    it holds ``len(act) * n_features`` float32 values, as an in-memory run does.
+    """
+    if features is not None:
+        return features[act]
+    x = np.empty((act.size, n_features), dtype=np.float32)
+    for inp in inputs:
+        x[pos[inp.rows]] = inp.load()
+    return x
+
+
+def _review(review, act, lab, idx, drop, num_classes, *, probs, signals):
+    """Fill ``review`` for the dropped scored rows (positions in ``act``).
+
+    ``probs``: the head's probabilities of the scored rows (n_act, C)
+    (``label-support``'s own head), or None: the suggestion then waits for
+    the export's logits (``pending``, completed by
+    :func:`gradscore.review.review_by_class`, in memory or from the spill).
+    """
+    where = np.flatnonzero(drop)
+    if not where.size:
+        return
+    rows = act[where]
+    # The neighbours' labels; rows outside the scored set (-1) do not vote.
+    shares = neighbour_shares(np.where(idx[where] >= 0, lab[idx[where]], -1), num_classes)
+    p = None if probs is None else probs[where]
+    review.suggested[rows], review.confidence[rows] = suggest(
+        lab, where, num_classes=num_classes, shares=shares, probs=p)
+    review.signal[rows] = join_signals(*[(name, m[where]) for name, m in signals])
+    if probs is None:
+        review.pending_rows, review.pending_share = rows, shares
 
 
 def _trajectory(labels, logits, history, trees):

@@ -308,8 +308,14 @@ def _score(labels, logits, features, params, *, active=None, history=None, progr
         # n_jobs, so a score's bits do not depend on it either (issue 24).
         outcomes = pool.map(one, present, class_rows) if jobs > 1 else \
             map(one, present, class_rows)
-        return gather(outcomes, class_rows, n=n, active=active, params=params,
-                      progress=progress, total=len(present))
+        result = gather(outcomes, class_rows, n=n, active=active, params=params,
+                        progress=progress, total=len(present))
+    from .review import review_by_class
+    result.attach_review(*review_by_class(
+        labels, result.flagged, present, class_rows, lambda i: logits[class_rows[i]],
+        num_classes=num_classes, signal=params["method"],
+        review=None if votes is None else votes.review))
+    return result
 
 
 def class_budgets(labels, active, params):

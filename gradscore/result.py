@@ -70,6 +70,21 @@ class ScoreResult:
     classes : list of ClassReport
     params : dict
         Every parameter of the run, for provenance.
+    suggested_label : ndarray of shape (n_samples,), int64, or None
+        For each flagged example, the label its neighbours and the head back
+        instead of its own (:mod:`gradscore.review`); -1 where not flagged.
+        None where the run could not tell (a spilled run of a per-class
+        method: its logits are not in memory).
+    suggestion_confidence : ndarray of shape (n_samples,), float64, or None
+        How sure the suggestion is, in [0, 1] (higher = surer); NaN where
+        there is none.
+    signal : ndarray of shape (n_samples,), object, or None
+        Which signal flagged the example (``"neighbours+head"``,
+        ``"group"``, ``"epic+head"``, ...); ``""`` where not flagged.
+    bad_share : float or None
+        Estimated share of mislabelled examples in the data set (confident
+        learning on the labels and the logits,
+        :func:`gradscore.review.estimate_bad_share`); None where not computed.
     """
 
     keep: np.ndarray
@@ -79,6 +94,19 @@ class ScoreResult:
     flagged: np.ndarray
     classes: list
     params: dict = field(default_factory=dict)
+    suggested_label: np.ndarray = None
+    suggestion_confidence: np.ndarray = None
+    signal: np.ndarray = None
+    bad_share: float = None
+
+    def attach_review(self, review, bad_share=None):
+        """Take ``review``'s suggestions for this run's flagged rows (others cleared)."""
+        from .review import NO_SUGGESTION
+        off = ~self.flagged
+        self.suggested_label = np.where(off, NO_SUGGESTION, review.suggested)
+        self.suggestion_confidence = np.where(off, np.nan, review.confidence)
+        self.signal = np.where(off, "", review.signal).astype(object)
+        self.bad_share = None if bad_share is None else float(bad_share)
 
     def summary(self):
         """JSON-ready dict: totals and per-class counts."""
@@ -88,6 +116,7 @@ class ScoreResult:
             "dropped": int((self.decision == DROPPED).sum()),
             "dropped_before": int((self.decision == DROPPED_BEFORE).sum()),
             "flagged": int(self.flagged.sum()),
+            "estimated_bad_share": self.bad_share,
             "cap_hit_classes": [c.label for c in self.classes if c.cap_hit],
             "total_cap_hit_classes": [c.label for c in self.classes if c.total_cap_hit],
             "params": self.params,

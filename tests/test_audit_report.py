@@ -72,7 +72,8 @@ def test_report_parts(audited):
     d, out = audited
     folder = os.path.dirname(out["report"])
     page = _parse(out["report"])
-    assert page.sections == ["summary", "distributions", "suspicious", "skipped", "files"]
+    assert page.sections == ["summary", "distributions", "suspicious", "flagged", "skipped",
+                             "files"]
     assert "script" not in page.tags
     text = " ".join(page.text)
     # The default method's scores are named: label support, not density.

@@ -67,14 +67,16 @@ def test_scores_table_csv_and_h5(runner, epoch_file, tmp_path):
                                "-o", str(tmp_path / "k.txt")])
     assert res.exit_code == 0, res.output
     lines = csv_path.read_text().splitlines()
-    assert lines[0] == "id,label,score,cluster_size,flagged,decision"
+    assert lines[0] == ("id,label,score,cluster_size,flagged,decision,suggested_label,"
+                        "suggestion_confidence,signal")
     assert len(lines) == 1 + 1497
     h5_path = tmp_path / "s.h5"
     assert runner.invoke(main, ["score", str(epoch_file), "--scores", str(h5_path), "-q",
                                 "-o", str(tmp_path / "k.txt")]).exit_code == 0
     import h5py
     with h5py.File(h5_path) as f:
-        assert set(f) == {"id", "label", "score", "cluster_size", "flagged", "decision"}
+        assert set(f) == {"id", "label", "score", "cluster_size", "flagged", "decision",
+                          "suggested_label", "suggestion_confidence", "signal"}
 
 
 def test_previous_keeplist_makes_drops_cumulative(runner, epoch_file, tmp_path):

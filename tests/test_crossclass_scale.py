@@ -135,13 +135,17 @@ def search(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("method", ["groups", "deep-knn"])
+@pytest.mark.parametrize("method", ["groups", "deep-knn", "label-support"])
 def test_spilled_and_in_memory_runs_write_the_same_keep_list(tmp_path, method, search):
     paths, ids, is_p = blob_shards(tmp_path, dtype=np.float16)
     outs = [tmp_path / f"{s}.keep.json" for s in ("never", "always")]
-    res = [gradscore.score_files(paths, output=o, spill=s, method=method)[0]
-           for o, s in zip(outs, ("never", "always"))]
+    tables = [tmp_path / f"{s}.scores.csv" for s in ("never", "always")]
+    res = [gradscore.score_files(paths, output=o, scores_path=t, spill=s, method=method)[0]
+           for o, t, s in zip(outs, tables, ("never", "always"))]
     assert outs[0].read_bytes() == outs[1].read_bytes()
+    # The same scores, suggestions and signals, and the same estimated bad share.
+    assert tables[0].read_bytes() == tables[1].read_bytes()
+    assert res[0].bad_share == res[1].bad_share
     np.testing.assert_array_equal(res[0].scores, res[1].scores)
     assert res[0].classes[0].neighbors == search
     if method == "groups":

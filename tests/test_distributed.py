@@ -155,7 +155,7 @@ def test_a_worker_killed_mid_run_is_survived_with_the_same_keep_list(tmp_path, c
     assert (tmp_path / "dask.txt").read_bytes() == local.read_bytes()
 
 
-@pytest.mark.parametrize("method", ["groups", "deep-knn"])
+@pytest.mark.parametrize("method", ["groups", "deep-knn", "label-support"])
 def test_cross_class_methods_on_the_cluster_match_in_memory(tmp_path, client, method,
                                                            monkeypatch):
     # Over small k-means cells, so that the approximate search's tasks run
@@ -167,8 +167,12 @@ def test_cross_class_methods_on_the_cluster_match_in_memory(tmp_path, client, me
     monkeypatch.setattr(cross, "CELL_SIZE", 64)
     paths, _, _ = blob_shards(tmp_path, dtype=np.float16)
     local, remote = tmp_path / "local.keep.json", tmp_path / "dask.keep.json"
-    a, _, _ = gradscore.score_files(paths, output=local, spill="never", method=method)
-    b, _, _ = gradscore.score_files(paths, output=remote, client=client, method=method)
+    tables = [tmp_path / "local.csv", tmp_path / "dask.csv"]
+    a, _, _ = gradscore.score_files(paths, output=local, scores_path=tables[0], spill="never",
+                                    method=method)
+    b, _, _ = gradscore.score_files(paths, output=remote, scores_path=tables[1],
+                                    client=client, method=method)
     assert local.read_bytes() == remote.read_bytes()
+    assert tables[0].read_bytes() == tables[1].read_bytes()
     assert a.classes[0].neighbors == b.classes[0].neighbors == "cells"
     assert (~a.keep).sum() > 0

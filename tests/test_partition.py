@@ -149,9 +149,9 @@ def test_spill_options_are_checked(tmp_path):
     paths, _ = write_shards(str(tmp_path), n=60)
     with pytest.raises(GradscoreError, match="'spill' must be one of"):
         gradscore.score_files(paths, output=tmp_path / "k.txt", spill="sometimes")
-    with pytest.raises(GradscoreError, match="label-support.*cannot run from a spill"):
+    with pytest.raises(GradscoreError, match="trajectory.*cannot run from a spill"):
         gradscore.score_files(paths, output=tmp_path / "k.txt", spill="always",
-                              method="label-support")
+                              method="trajectory", history=[paths])
     with pytest.raises(GradscoreError, match="spill_dir .*nowhere is not a folder"):
         gradscore.score_files(paths, output=tmp_path / "k.txt", spill="always",
                               spill_dir=tmp_path / "nowhere")

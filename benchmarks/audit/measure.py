@@ -72,7 +72,32 @@ def defense_case(attack, target):
     if dataset not in _ENCODERS:
         _ENCODERS[dataset] = P.encoder(dataset)
     splits, net = _ENCODERS[dataset]
-    if attack.startswith("flips"):
+    if attack.startswith("confusable"):
+        # Class-conditional flips: each row goes to the class its own class is
+        # most often mistaken for (the clean probe's out-of-fold confusion).
+        x, y = splits.x_train, splits.y_train.copy()
+        feats, _ = M.outputs(net, x, "cpu")
+        pred = probe_logits(y, feats, seed=0)[0].argmax(1)
+        conf = np.zeros((splits.num_classes,) * 2)
+        np.add.at(conf, (y, pred), 1)
+        np.fill_diagonal(conf, -1)
+        to = conf.argmax(1)
+        rng = np.random.default_rng(3000 + target["target"])
+        n = 60 if attack.endswith("10pct") else 30
+        idx = np.sort(rng.choice(y.size, n, replace=False))
+        y[idx] = to[y[idx]]
+    elif attack.startswith("blended"):
+        # A blended backdoor (Chen et al., 2017): a fixed random pattern mixed
+        # into images of the other classes at 20%, labelled as the target class.
+        x, y = splits.x_train.copy(), splits.y_train.copy()
+        rng = np.random.default_rng(4000 + target["target"])
+        tgt = int(rng.integers(splits.num_classes))
+        pattern = np.random.default_rng(4000).uniform(0, 1, x.shape[1:]).astype(x.dtype)
+        n = 60 if attack.endswith("10pct") else 30
+        idx = np.sort(rng.choice(np.flatnonzero(y != tgt), n, replace=False))
+        x[idx] = 0.8 * x[idx] + 0.2 * pattern
+        y[idx] = tgt
+    elif attack.startswith("flips"):
         x, y = splits.x_train, splits.y_train.copy()
         rng = np.random.default_rng(1000 + target["target"])
         n = 60 if attack == "flips-10pct" else 30
@@ -135,8 +160,8 @@ def cached_case(dataset, attack, target, make):
 def all_cases(attacks, n_targets, n_shapes):
     """Yield ``(dataset, attack, target, case, kinds, info)`` for every audit measured."""
     for attack in attacks:
-        name = "backdoor" + ("-10pct" if attack == "flips-10pct" else "") \
-            if attack.startswith("flips") else attack
+        name = "backdoor" + ("-10pct" if attack.endswith("10pct") else "") \
+            if attack.startswith(("flips", "confusable", "blended")) else attack
         for t in P.targets_of(name, n_targets):
             yield ("defense", attack, t["target"]) + cached_case(
                 "defense", attack, t["target"], lambda: defense_case(attack, t))

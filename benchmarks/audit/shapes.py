@@ -124,6 +124,7 @@ def train_encoder(path, *, n_per_class=1000, seed=1000, epochs=8, threads=1):
     with torch.no_grad():
         xv = torch.tensor(xv, dtype=torch.float32).permute(0, 3, 1, 2) / 255
         acc = float((net(xv).argmax(1).numpy() == yv).mean())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.onnx.export(net, (xt[:2],), path, input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
     return acc

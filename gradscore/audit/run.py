@@ -20,7 +20,8 @@ The folder receives
     names, the probe, the skipped and ignored files, every parameter;
 ``scores.csv``
     per example: id, label, score (higher = more typical), cluster_size,
-    flagged, decision;
+    flagged, decision, and for the flagged rows suggested_label,
+    suggestion_confidence and signal (:mod:`gradscore.review`);
 ``report.html``
     the self-contained report.
 """

@@ -193,7 +193,12 @@ def keep_mask(ids, keep_ids, *, source="keep-list"):
 
 
 def write_scores(path, *, ids, labels, result):
-    """Write the per-example table: id, label, score, cluster_size, decision.
+    """Write the per-example table.
+
+    Columns: id, label, score (higher = more typical), cluster_size,
+    flagged, decision, and for the flagged rows suggested_label,
+    suggestion_confidence and signal (:mod:`gradscore.review`; empty in
+    CSV, -1 / NaN / "" in HDF5, where not flagged or not known).
 
     Parameters
     ----------
@@ -207,16 +212,31 @@ def write_scores(path, *, ids, labels, result):
         _write_scores_to(tmp, ext, ids, labels, result)
 
 
+#: Columns of the scores table, in order.
+SCORES_COLUMNS = ("id", "label", "score", "cluster_size", "flagged", "decision",
+                  "suggested_label", "suggestion_confidence", "signal")
+
+
+def _review_columns(result):
+    n = result.keep.size
+    if result.suggested_label is None:
+        return np.full(n, -1, np.int64), np.full(n, np.nan), np.full(n, "", dtype=object)
+    return result.suggested_label, result.suggestion_confidence, result.signal
+
+
 def _write_scores_to(tmp, ext, ids, labels, result):
+    suggested, confidence, signal = _review_columns(result)
     if ext == ".csv":
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["id", "label", "score", "cluster_size", "flagged", "decision"])
+            w.writerow(SCORES_COLUMNS)
             for row in zip(ids.tolist(), labels.tolist(), result.scores.tolist(),
                            result.cluster_size.tolist(), result.flagged.tolist(),
-                           result.decision.tolist()):
-                i, lab, sc, cs, fl, dec = row
-                w.writerow([i, lab, "" if sc != sc else repr(sc), cs, int(fl), dec])
+                           result.decision.tolist(), suggested.tolist(),
+                           confidence.tolist(), signal.tolist()):
+                i, lab, sc, cs, fl, dec, sug, conf, sig = row
+                w.writerow([i, lab, "" if sc != sc else repr(sc), cs, int(fl), dec,
+                            "" if sug < 0 else sug, "" if conf != conf else repr(conf), sig])
     else:
         with h5py.File(tmp, "w") as f:
             if ids.dtype.kind in "iu":
@@ -230,4 +250,10 @@ def _write_scores_to(tmp, ext, ids, labels, result):
             f.create_dataset("flagged", data=result.flagged)
             f.create_dataset("decision", data=result.decision.astype(object),
                              dtype=h5py.string_dtype("utf-8"))
+            f.create_dataset("suggested_label", data=suggested)
+            f.create_dataset("suggestion_confidence", data=confidence)
+            f.create_dataset("signal", data=signal.astype(object),
+                             dtype=h5py.string_dtype("utf-8"))
+            if result.bad_share is not None:
+                f.attrs["estimated_bad_share"] = result.bad_share
             f.attrs["score_direction"] = "higher = denser = more typical"

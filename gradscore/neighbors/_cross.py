@@ -57,6 +57,9 @@ from ._cells import (kmeans, nearest_centroids, cell_means, row_hashes, rownorms
 
 #: Rows per cell the k-means aims at.
 CELL_SIZE = 1024
+#: k-means cells under ``cell_size // MIN_CELL_DIVISOR`` rows (and never
+#: under ``k + 1``) are dissolved into their nearest larger cell.
+MIN_CELL_DIVISOR = 4
 #: Nearest cells of a row's own class it is compared with (its own included).
 PROBES = 2
 #: Nearest cells of other classes it is compared with.
@@ -167,7 +170,7 @@ def class_cells(inp, params):
     x = inp.load()
     n = x.shape[0]
     rng = np.random.default_rng(np.random.SeedSequence([params.seed, inp.label]))
-    min_size = max(params.k + 1, params.cell_size // 4)
+    min_size = max(params.k + 1, params.cell_size // MIN_CELL_DIVISOR)
     m = max(1, int(round(n / params.cell_size)))
     if params.exact:
         # Cells are only blocks here: consecutive rows, cell_size at most.

@@ -293,6 +293,7 @@ def write_report(path, *, result, epoch, model_path=None, data_path=None,
         per_class=per_class,
         suspicious=_suspicious_context(result, epoch, picks, inputs_for, layout,
                                        _names(summary), texts_for),
+        flagged=flagged_context(result, epoch, _names(summary)),
         files=file_links(path, files, FILE_LABELS), audit=_audit_context(summary))
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -321,8 +322,40 @@ def _summary_context(result, epoch, model_path, data_path, info, audit=None):
         if audit.get("probe"):
             cards.append(("probe accuracy (out of fold)", f"{audit['probe']['accuracy']:.1%}"))
         cards.append(("skipped files", len(audit.get("skipped") or [])))
+    if result.bad_share is not None:
+        cards.append(("estimated bad rows", f"{result.bad_share:.1%}"))
     return {"meta": [(k, v) for k, v in meta if v is not None], "cards": cards,
             "classes": result.classes}
+
+
+#: Flagged rows listed in the report's table (scores.csv has all of them).
+MAX_FLAGGED_ROWS = 5000
+
+
+def flagged_context(result, epoch, names=None):
+    """Every flagged row (up to :data:`MAX_FLAGGED_ROWS`): its label, the suggested
+    label, how sure, and which signal flagged it; least sure of its own label first."""
+    rows = np.flatnonzero(result.flagged)
+    if result.suggested_label is None:
+        return {"rows": [], "n": int(rows.size), "shown": 0, "known": False}
+    conf = result.suggestion_confidence[rows]
+    order = np.lexsort((rows, -np.where(np.isfinite(conf), conf, -1.0)))
+    rows = rows[order]
+
+    def name(c):
+        return names[c] if names and 0 <= c < len(names) else None
+
+    out = []
+    for r in rows[:MAX_FLAGGED_ROWS].tolist():
+        lab, sug = int(epoch.labels[r]), int(result.suggested_label[r])
+        c = float(result.suggestion_confidence[r])
+        out.append({"id": epoch.ids[r], "label": lab, "label_name": name(lab),
+                    "suggested": sug if sug >= 0 else None,
+                    "suggested_name": name(sug) if sug >= 0 else None,
+                    "confidence": f"{c:.2f}" if np.isfinite(c) else "",
+                    "signal": str(result.signal[r]),
+                    "decision": str(result.decision[r])})
+    return {"rows": out, "n": int(rows.size), "shown": len(out), "known": True}
 
 
 def _names(summary):
@@ -392,7 +425,8 @@ def _suspicious_context(result, epoch, picks, inputs_for, layout, names=None, te
 #: What each linked file of the audit report is.
 FILE_LABELS = {"keep": "keep-list (ids to keep, one per line)",
                "keep_json": "keep-list with provenance (class names, probe, skipped files)",
-               "scores": "per-example scores (id, label, score, cluster_size, decision)",
+               "scores": "per-example scores (id, label, score, cluster_size, decision, "
+                         "suggested_label, suggestion_confidence, signal)",
                "export": "schema-v1 export (labels, logits, features)"}
 
 

@@ -27,6 +27,11 @@ higher = more typical, and an example is dropped when ``s_i < threshold``
 back its label has support above 1/4. For the suspects the head's
 probability is out of sample; for the others it is in sample (they trained
 it), which only raises their support further.
+
+Spilled and on a Dask cluster (:func:`gradscore.crossclass.spilled_cross_class_votes`)
+the neighbour search runs on the workers and the head is fitted in the
+calling process on the scored rows' features read back from the spill, so
+the keep-list is the in-memory run's.
 """
 
 import numpy as np
@@ -107,17 +112,34 @@ def label_support(labels, features, *, k=20, threshold=THRESHOLD, alpha=1e-3,
 def _label_support(labels, features, nbr_idx, *, num_classes, threshold=THRESHOLD,
                    alpha=1e-3):
     """:func:`label_support` from precomputed neighbours (inputs valid)."""
+    share, prob = _support_parts(labels, features, nbr_idx, num_classes=num_classes,
+                                 alpha=alpha)
+    support = _support(labels, share, prob)
+    return support, support < threshold
+
+
+def _support(labels, share, prob):
+    """The support from the neighbours' share and the head's probabilities (or None)."""
+    p = share if prob is None else prob[np.arange(labels.size), labels]
+    return 0.5 * (share + p)
+
+
+def _support_parts(labels, features, nbr_idx, *, num_classes, alpha=1e-3):
+    """The neighbours' share of each row's label, and the suspect-free head's probabilities.
+
+    Returns
+    -------
+    share : ndarray of shape (n,)
+    prob : ndarray of shape (n, num_classes), float64, or None
+        None when every row is a suspect (nobody left to fit a head on:
+        the vote alone then decides).
+    """
     from ..audit.probe import fit_without
+    from ..review import softmax
 
     share, _ = deep_knn_agreement(labels, nbr_idx, num_classes)
     suspect = share <= SUSPECT_SHARE
-    p = share.copy()            # nobody left to fit a head on: the vote alone
-    if not suspect.all():
-        logits = fit_without(labels, features, suspect, num_classes=num_classes,
-                             alpha=alpha).astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        prob = np.exp(logits)
-        prob /= prob.sum(axis=1, keepdims=True)
-        p = prob[np.arange(labels.size), labels]
-    support = 0.5 * (share + p)
-    return support, support < threshold
+    if suspect.all():
+        return share, None
+    logits = fit_without(labels, features, suspect, num_classes=num_classes, alpha=alpha)
+    return share, softmax(logits)
