@@ -329,7 +329,9 @@ def _image_payloads(where, column, base):
     return [None if b is None else bytes(b) for b in column.to_pylist()]
 
 
-def _hf_source(path, image_column, label_column, id_column, split, limit):
+def load_hf_dataset(path, split):
+    """The ``datasets.Dataset`` saved at ``path`` (``save_to_disk``); a
+    ``DatasetDict`` needs ``split``. Every failure is a :class:`GradscoreError`."""
     try:
         import datasets
     except ImportError as exc:
@@ -353,6 +355,11 @@ def _hf_source(path, image_column, label_column, id_column, split, limit):
                              f"{type(exc).__name__}: {exc}") from None
     if isinstance(ds, datasets.DatasetDict):
         raise GradscoreError(f"{path}: a DatasetDict; choose a split with --split NAME")
+    return ds
+
+
+def _hf_source(path, image_column, label_column, id_column, split, limit):
+    ds = load_hf_dataset(path, split)
     table = ds.with_format("arrow")[:0]
     _table_columns(path, table.schema, image_column, label_column, id_column)
     feats = ds.features.to_dict()

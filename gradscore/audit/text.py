@@ -28,7 +28,8 @@ import numpy as np
 from .._validation import format_rows
 from ..errors import GradscoreError
 from ..limits import check_file_bytes, max_cell_bytes as _cell_limit
-from .sources import Problem, Source, _class_names_from_features, repeated_ids
+from .sources import (Problem, Source, _class_names_from_features, load_hf_dataset,
+                      repeated_ids)
 
 TEXT_FORMATS = (".parquet", ".csv", ".jsonl", ".json")
 #: A tokenizer.json may be this many times the cell limit (32 MiB by
@@ -149,26 +150,7 @@ def _missing(path, present, cols):
 
 
 def _hf_table(path, cols, label_column, split):
-    try:
-        import datasets
-    except ImportError as exc:
-        raise GradscoreError(f"{path}: reading a Hugging Face dataset folder needs the "
-                             f"'datasets' package ({exc}); pip install 'gradscore[audit]'") \
-            from None
-    if os.path.exists(os.path.join(path, "dataset_dict.json")):
-        with open(os.path.join(path, "dataset_dict.json"), encoding="utf-8") as fh:
-            splits = json.load(fh).get("splits", [])
-        if split is None or split not in splits:
-            raise GradscoreError(f"{path}: a Hugging Face DatasetDict with splits "
-                                 f"{', '.join(splits)}; choose one with --split NAME")
-        path = os.path.join(path, split)
-    try:
-        ds = datasets.load_from_disk(path)
-    except Exception as exc:  # datasets raises many kinds on a damaged folder
-        raise GradscoreError(f"{path}: not a readable Hugging Face dataset (save_to_disk): "
-                             f"{type(exc).__name__}: {exc}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        raise GradscoreError(f"{path}: a DatasetDict; choose a split with --split NAME")
+    ds = load_hf_dataset(path, split)
     _missing(path, ds.column_names, cols)
     names = _class_names_from_features(ds.features.to_dict(), label_column)
     return ds.with_format("arrow").select_columns(cols)[:], "hf-dataset", names

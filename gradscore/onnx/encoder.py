@@ -23,6 +23,27 @@ from .providers import make_session
 logger = logging.getLogger(__name__)
 
 
+def run_session(session, names, feeds, n, *, row_offset, rows, logits):
+    """``(logits or None, the other outputs)`` of one batch of ``n`` rows.
+
+    ``logits``: the first of ``names`` is the logits output (checked here).
+    A failure of the model names the batch's rows (``rows``, or
+    ``row_offset`` onwards) in a :class:`GradscoreError`.
+    """
+    try:
+        outs = session.run(names, feeds)
+    except Exception as exc:  # onnxruntime's own error types
+        shown = (f"rows {row_offset}..{row_offset + n - 1}" if rows is None
+                 else format_rows(rows))
+        raise GradscoreError(f"the model failed on dataset {shown}: "
+                             f"{str(exc).strip().splitlines()[-1]}") from None
+    if not logits:
+        return None, outs
+    out = np.asarray(outs[0])
+    check_output(names[0], out, n, row_offset, "logits", rows)
+    return out, outs[1:]
+
+
 def check_output(name, arr, n_rows, row_offset, what, rows=None):
     """A model output must be (n_rows, n) and finite; errors name dataset rows."""
     if arr.ndim != 2 or arr.shape[0] != n_rows:
@@ -121,21 +142,12 @@ class Encoder:
         """
         n = x.shape[0]
         x = x.astype(self.input_dtype, copy=False)
-        try:
-            outs = self.session.run(self.names, {self.input_name: x})
-        except Exception as exc:  # onnxruntime's own error types
-            shown = (f"rows {row_offset}..{row_offset + n - 1}" if rows is None
-                     else format_rows(rows))
-            raise GradscoreError(f"the model failed on dataset {shown}: "
-                                 f"{str(exc).strip().splitlines()[-1]}") from None
-        logits = feats = None
-        i = 0
-        if self.logits_name is not None:
-            logits = np.asarray(outs[0])
-            check_output(self.names[0], logits, n, row_offset, "logits", rows)
-            i = 1
+        logits, rest = run_session(self.session, self.names, {self.input_name: x}, n,
+                                   row_offset=row_offset, rows=rows,
+                                   logits=self.logits_name is not None)
+        feats = None
         if self.features_name is not None:
-            feats = np.asarray(outs[i])
+            feats = np.asarray(rest[0])
             if feats.ndim > 2 and feats.shape[0] == n:
                 feats = feats.reshape(n, -1)
             check_output(self.features_name, feats, n, row_offset, "features", rows)

@@ -19,10 +19,9 @@ the final linear layer that makes them, or else the pooled hidden state.
 
 import numpy as np
 
-from .._validation import format_rows
 from ..errors import GradscoreError
 from . import graph as G
-from .encoder import check_output
+from .encoder import check_output, run_session
 from .providers import make_session
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -158,21 +157,11 @@ class TextEncoder:
         """``(logits, features)`` of one tokenised batch (dict of 2-D int arrays)."""
         n = x["input_ids"].shape[0]
         feeds = {k: np.ascontiguousarray(x[k], dtype=dt) for k, dt in self.inputs.items()}
-        try:
-            outs = self.session.run(self.names, feeds)
-        except Exception as exc:  # onnxruntime's own error types
-            shown = (f"rows {row_offset}..{row_offset + n - 1}" if rows is None
-                     else format_rows(rows))
-            raise GradscoreError(f"the model failed on dataset {shown}: "
-                                 f"{str(exc).strip().splitlines()[-1]}") from None
-        logits = feats = None
-        i = 0
-        if self.logits_name is not None:
-            logits = np.asarray(outs[0])
-            check_output(self.names[0], logits, n, row_offset, "logits", rows)
-            i = 1
+        logits, rest = run_session(self.session, self.names, feeds, n, row_offset=row_offset,
+                                   rows=rows, logits=self.logits_name is not None)
+        feats = None
         if self.features_name is not None:
-            h = np.asarray(outs[i], dtype=np.float32)
+            h = np.asarray(rest[0], dtype=np.float32)
             if h.ndim == 3 and self.pooling in ("mean", "cls"):
                 if self.pooling == "cls":
                     h = h[:, 0]
