@@ -1,12 +1,12 @@
 """Votes over all classes, for the methods that look across classes.
 
-``deep-knn``, ``groups`` and ``label-support`` judge an example (or a group)
+``deep-knn``, ``groups``, ``trajectory`` and ``label-support`` judge an example (or a group)
 by the labels of its nearest neighbours in feature space among *all*
 classes (``label-support`` also by a head fitted across classes), so their
 decisions cannot come from one class's rows alone. This stage runs after the
 read and before the per-class tasks: it computes each scored row's votes
 once, over the whole epoch, and the per-class tasks
-(:func:`gradscore.tasks.score_class`) take their class's rows of them
+(:func:`gradscore.scoring.tasks.score_class`) take their class's rows of them
 (:class:`CrossClassVotes`), apply the caps and report.
 
 The data's way for these methods is therefore
@@ -21,28 +21,21 @@ on the class-partitioned spill, so an in-memory run
 (:func:`spilled_cross_class_votes`) compute the same numbers, and the
 group passes (:func:`gradscore.selection.groups.foreign_groups`) then run
 on the neighbour lists alone, the rare clumps no edge leaves going back to
-the features through the same store (:func:`_clump_voters`).
+the features through the same store. Each method's own rule on these
+neighbour lists is its vote rule in :mod:`gradscore.scoring.rules`, named
+by its record in :mod:`gradscore.scoring.methods`.
 """
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-import warnings
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ._threads import n_threads
-from .errors import GradscoreError, GradscoreWarning
-from .history import margin_gain
-from .neighbors._cross import ClassInput, cross_neighbors, nearest_to_centres_in_store
-from .selection.feature_space import deep_knn_agreement
-from .selection.groups import foreign_groups, tree_edges
-from .selection.label_support import _label_support
-from .selection.trajectory import trajectory_drop
-
-#: ``neighbors`` values the cross-class search takes: ``"auto"`` (exact when
-#: cheap, else k-means cells) and ``"brute"`` (always exact).
-CROSS_BACKENDS = ("auto", "brute")
+from .._threads import n_threads
+from ..neighbors._cross import ClassInput, cross_neighbors
+from .methods import METHODS, check_cross_backend
+from .rules import Voters
 
 
 @dataclass
@@ -78,15 +71,6 @@ class CrossClassVotes:
                                self.neighbors)
 
 
-def check_cross_backend(method, neighbors):
-    """The cross-class search takes ``neighbors`` "auto" or "brute" only."""
-    if neighbors not in CROSS_BACKENDS:
-        raise GradscoreError(
-            f"method={method!r} searches neighbours over all classes with its own search "
-            f"(exact, or over k-means cells when exact would be slow); 'neighbors' must be "
-            f"'auto' or 'brute' (always exact) for it; got {neighbors!r}")
-
-
 def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None, history=None):
     """Deep k-NN's (and ``groups``' and ``trajectory``'s) votes over every class, in memory.
 
@@ -100,7 +84,7 @@ def cross_class_votes(labels, logits, features, scored, params, *, n_jobs=None, 
         Rows that vote and are judged (all rows under the ``"intersect"``
         rule, the rows still kept under ``"survivors"``).
     params : dict
-        From :func:`gradscore.pipeline.check_params`; ``method`` is
+        From :func:`gradscore.scoring.memory.check_params`; ``method`` is
         ``"deep-knn"``, ``"groups"``, ``"trajectory"`` or ``"label-support"``.
     n_jobs : int, default=None
         Threads for the search tasks.
@@ -192,61 +176,8 @@ def _votes(labels, scored, params, inputs, *, n_features, dtype, folder, executo
     pos[act] = np.arange(act.size)
     idx = pos[found.indices[act]]
     del found.indices, found.sqdist
-    lab = labels[act]
-    if params["method"] == "label-support":
-        agreement[act], drop[act] = _label_support(lab, features[act], idx,
-                                                   num_classes=num_classes)
-        return CrossClassVotes(agreement, drop, found.k_all, found.method)
-    group_drop = share = moved = None
-    if params["method"] in ("groups", "trajectory"):
-        trees = []
-        for c, (rows, own_idx, own_d2) in sorted(found.own.items()):
-            if rows.size < 3:
-                continue
-            local = np.full(n, -1, np.int64)
-            local[rows] = np.arange(rows.size)
-            ei, ej, _ = tree_edges(local[own_idx], own_d2.astype(np.float64))
-            trees.append((c, pos[rows], ei, ej))
-        found.own = None
-        group_drop, share = foreign_groups(
-            lab, idx, trees, num_classes=num_classes,
-            clump_voters=_clump_voters(found, act, pos, executor))
-        if params["method"] == "trajectory":
-            moved = _trajectory(lab, logits[act], history.take(act), trees)
-    agreement[act], drop[act] = deep_knn_agreement(lab, idx, num_classes, ignore=group_drop)
-    if group_drop is not None:
-        agreement[act] = np.fmin(agreement[act], share)
-        drop[act] |= group_drop
-    if moved is not None and moved.drop.any():
-        agreement[act] = np.where(moved.drop, np.fmin(agreement[act], -moved.lift),
-                                  agreement[act])
-        drop[act] |= moved.drop
+    v = Voters(labels[act], idx, found, act, pos, num_classes, executor, logits=logits,
+               features=features, history=history)
+    # The method's vote rule (gradscore.scoring.rules), on the scored rows.
+    agreement[act], drop[act] = METHODS[params["method"]].rule(v)
     return CrossClassVotes(agreement, drop, found.k_all, found.method)
-
-
-def _trajectory(labels, logits, history, trees):
-    """The trajectory rule on the scored rows, warning when the reference carries no signal."""
-    # The reference predicts a row's label where its own-label margin is positive.
-    res = trajectory_drop(margin_gain(history, labels, logits), history.margin[0] > 0,
-                          labels, trees)
-    if not res.acted:
-        warnings.warn(
-            f"trajectory: the reference export gives only {100 * res.reference_agreement:.0f}% "
-            "of the rows their label (a freshly initialised head or network?), so its margins "
-            "carry no signal and only groups' rule ran", GradscoreWarning, stacklevel=2)
-    return res
-
-
-def _clump_voters(found, act, pos, executor):
-    """``clump_voters`` for :func:`foreign_groups`, over the search's store.
-
-    Voters and members are positions in ``act`` (``pos`` maps a row number
-    back to its position); the store works in row numbers. Each call is one pass over the features (the clumps' centres,
-    then every class against them).
-    """
-    def voters(members, ignore, k):
-        rows = [act[m] for m in members]
-        near = nearest_to_centres_in_store(found.store, found.cells, rows, act[ignore], k,
-                                           executor=executor)
-        return [pos[r] for r in near]
-    return voters

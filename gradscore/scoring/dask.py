@@ -22,8 +22,9 @@ cache) load them instead of each compiling the same code.
 
 import os
 import time
+import weakref
 
-from .errors import GradscoreError
+from ..errors import GradscoreError
 
 #: Seconds to wait for a scheduler before giving up.
 CONNECT_TIMEOUT = 10
@@ -100,8 +101,8 @@ def describe_client(client):
     return f"Dask cluster at {client.scheduler.address} ({n} workers)"
 
 
-#: Warm the first worker up before the class tasks (see :func:`warm_up`).
-WARM_UP = True
+#: The (method, gradient) pairs warmed up on each client so far.
+_WARMED = weakref.WeakKeyDictionary()
 
 
 def compile_kernels(method="epic", gradient="logits"):
@@ -110,10 +111,11 @@ def compile_kernels(method="epic", gradient="logits"):
     (or loads it from its cache). Returns the seconds it took."""
     import numpy as np
 
-    from .pipeline import check_params
-    from .tasks import CROSS_CLASS_METHODS, ClassData, score_class
+    from .memory import check_params
+    from .methods import METHODS
+    from .tasks import ClassData, score_class
 
-    if method in CROSS_CLASS_METHODS:
+    if METHODS[method].cross_class:
         return 0.0  # their per-class task only reads votes
     t = time.perf_counter()
     rng = np.random.default_rng(0)
@@ -132,11 +134,10 @@ def warm_up(client, method="epic", gradient="logits"):
     Returns a future (of the seconds it took) to wait for before the class
     tasks are submitted, or None when there is nothing to warm (done
     before on this client, or no worker yet). Meanwhile the spill tasks run
-    on the other workers and threads.
+    on the other workers and threads. (To run on a client without it, pass
+    ``executor=client_executor(client)`` to :func:`gradscore.score_files`.)
     """
-    if not WARM_UP:
-        return None
-    done = client.__dict__.setdefault("_gradscore_warm", set())
+    done = _WARMED.setdefault(client, set())
     workers = sorted(client.scheduler_info().get("workers", {}))
     if (method, gradient) in done or not workers:
         return None

@@ -15,32 +15,24 @@ import tempfile
 
 import numpy as np
 
-from ._validation import check_choice
-from ._version import __version__
-from .errors import GradscoreError
-from .history import read_history
-from .io import read_epoch
-from .io._atomic import atomic_path
-from .io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplist_to,
+from .._validation import check_choice
+from .._version import __version__
+from ..errors import GradscoreError
+from ..history import read_history
+from ..io import read_epoch
+from ..io._atomic import atomic_path
+from ..io.keeplist import (KEEPLIST_FORMATS, SCORES_FORMATS, _ext, _write_keeplist_to,
                           _write_scores_to, keep_mask, read_keeplist)
-from .io.partition import (create_spill_files, join_indexes, read_index, spill_piece,
+from ..io.partition import (create_spill_files, join_indexes, read_index, spill_piece,
                            spill_pieces)
-from ._threads import n_threads, one_blas_thread_each
-from .pipeline import (_score, check_features_given, check_history, check_n_jobs,
-                       check_params, class_budgets, needs_features)
-from .tasks import CROSS_CLASS_METHODS, gather, score_spilled_class
+from .._threads import n_threads, one_blas_thread_each
+from .memory import (check_features_given, check_history, check_n_jobs, check_params,
+                     class_budgets, score_checked)
+from .methods import METHODS, needs_features
+from .tasks import gather, score_spilled_class
 from .crossclass import spilled_cross_class_votes
 
 SPILL_CHOICES = ("auto", "always", "never")
-#: Methods that run in memory only, and why (with the way out).
-IN_MEMORY_METHODS = {
-    "trajectory": "reads the history of every row in memory, so it cannot run from a spill, "
-                  "a client or an executor; run it in memory (spill='never', no client), or "
-                  "use method='groups', which runs everywhere",
-    "label-support": "fits a head on every row's features in memory, so it cannot run from "
-                     "a spill, a client or an executor; run it in memory (spill='never', no "
-                     "client)",
-}
 #: ``spill="auto"`` spills when the arrays an in-memory run would hold
 #: (float32 logits, and features when the method needs them) exceed this.
 SPILL_ABOVE_BYTES = 512 * 2**20
@@ -110,7 +102,7 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
         be on storage every worker sees.
     client : distributed.Client, default=None
         Run the partitioning and the per-class tasks on this Dask cluster
-        (see :mod:`gradscore.distributed`). Inputs and ``spill_dir`` must be
+        (see :mod:`gradscore.scoring.dask`). Inputs and ``spill_dir`` must be
         on storage every worker sees, at the same paths.
     executor : concurrent.futures.Executor, default=None
         Run them with this executor instead (a ``ProcessPoolExecutor``, say).
@@ -149,12 +141,12 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
     # Parameters are checked before reading; the arrays are checked by the
     # reader, so the private scorer runs on them without a second pass.
     num_classes = params.pop("num_classes", None)
-    check_params(**params)
+    in_memory_why = METHODS[check_params(**params)["method"]].in_memory_why
     prev_ids = read_keeplist(previous) if previous is not None else None
     method, gradient = params.get("method", "epic"), params.get("gradient", "logits")
     remote = client is not None or executor is not None
-    if method in IN_MEMORY_METHODS and (remote or spill == "always"):
-        raise GradscoreError(f"method={method!r} {IN_MEMORY_METHODS[method]}")
+    if in_memory_why is not None and (remote or spill == "always"):
+        raise GradscoreError(f"method={method!r} {in_memory_why}")
     check_history(method, history)
     if isinstance(history, (str, os.PathLike)):
         history = [history]
@@ -165,7 +157,7 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
     blas = nullcontext()
     warm = None
     if client is not None:
-        from .distributed import client_executor, warm_up
+        from .dask import client_executor, warm_up
         executor = client_executor(client)
         warm = warm_up(client, method, gradient)
     elif executor is None:
@@ -173,7 +165,7 @@ def score_files(paths, *, output=None, scores_path=None, previous=None, history=
         own_pool = executor = ThreadPoolExecutor(jobs)
         blas = one_blas_thread_each(jobs)
     try:
-        if method in IN_MEMORY_METHODS:
+        if in_memory_why is not None:
             indexes = None
         else:
             indexes = _map(executor, partial(read_index, max_memory=max_memory), paths,
@@ -242,7 +234,7 @@ def _score_in_memory(paths, num_classes, params, prev_ids, previous, *, progress
         history = read_history(history, ids=epoch.ids, labels=epoch.labels,
                                num_classes=epoch.num_classes, epoch=epoch.epoch,
                                max_memory=max_memory)
-    result = _score(epoch.labels, epoch.logits, epoch.features, params,
+    result = score_checked(epoch.labels, epoch.logits, epoch.features, params,
                     active=_active(epoch, prev_ids, previous), history=history,
                     progress=progress, n_jobs=n_jobs)
     return result, epoch
@@ -276,7 +268,7 @@ def _score_spilled(indexes, num_classes, params, prev_ids, previous, *, executor
         actives = [None if active is None else active[r] for r in rows]
         budgets = class_budgets(epoch.labels, active, params)
         votes = None
-        if params["method"] in CROSS_CLASS_METHODS:
+        if METHODS[params["method"]].cross_class:
             # Votes over all classes first, from the spill, by the same tasks.
             scored = np.ones(epoch.labels.size, dtype=bool) \
                 if params["cumulative"] == "intersect" or active is None else active

@@ -1,12 +1,12 @@
 """Score one epoch in memory: parameters checked once, then class by class.
 
 :func:`score` is the in-memory entry point; the CLI and the file-based helpers
-(:mod:`gradscore.api`) call :func:`_score` after validating once. The
+(:mod:`gradscore.scoring.files`) call :func:`score_checked` after validating once. The
 per-class computation itself (gradients -> neighbours -> density ->
-selection -> caps) has one home, :func:`gradscore.tasks.score_class`, which
+selection -> caps) has one home, :func:`gradscore.scoring.tasks.score_class`, which
 spilled and distributed runs call too; the votes over all classes that
 ``deep-knn`` and ``groups`` need come first, from
-:mod:`gradscore.crossclass`.
+:mod:`gradscore.scoring.crossclass`.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -14,25 +14,14 @@ import inspect
 
 import numpy as np
 
-from . import neighbors as nb
-from ._threads import n_threads, one_blas_thread_each
-from ._validation import (check_choice, check_float_matrix, check_fraction,
-                          check_int, check_labels)
-from .errors import GradscoreError
-from .gradients import GRADIENTS
-from .crossclass import check_cross_backend, cross_class_votes
-# The result types live in gradscore.result; named here too, as before.
-from .result import DROPPED, DROPPED_BEFORE, KEPT, ClassReport, ScoreResult  # noqa: F401
-from .selection import medoid_budgets
-from .selection.epic import DENSE_MAX
-from .tasks import CROSS_CLASS_METHODS, ClassData, gather, score_class
-
-METHODS = ("epic", "knn-density", "deep-knn", "spectral", "groups", "trajectory",
-           "label-support")
-#: How a previous keep-list combines with this round (see :func:`score`).
-CUMULATIVE_RULES = ("intersect", "survivors")
-#: Methods that compare examples by their penultimate features, not gradients.
-FEATURE_METHODS = ("deep-knn", "spectral", "groups", "trajectory", "label-support")
+from .._threads import n_threads, one_blas_thread_each
+from .._validation import check_float_matrix, check_int, check_labels
+from ..errors import GradscoreError
+from .crossclass import cross_class_votes
+from ..selection import medoid_budgets
+from ..selection.epic import DENSE_MAX
+from .methods import METHODS, PARAMETER_CHECKS, needs_features
+from .tasks import ClassData, gather, score_class
 
 
 def score(labels, logits, features=None, *, method="epic", gradient="logits",
@@ -110,7 +99,7 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
     neighbors : str, default="auto"
         Neighbour backend (see :mod:`gradscore.neighbors`). ``deep-knn``
         and ``groups`` search over all classes with their own search
-        (:mod:`gradscore.crossclass`) and take ``"auto"`` (exact when cheap,
+        (:mod:`gradscore.scoring.crossclass`) and take ``"auto"`` (exact when cheap,
         else over k-means cells) or ``"brute"`` (always exact).
     dense_max : int, default=6000
         EPIC keeps the n x n kernel matrix (8 n^2 bytes, faster) for
@@ -165,8 +154,8 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
     labels = check_labels(labels, num_classes=num_classes)
     logits_arr = check_float_matrix(logits_arr, "classes", n_rows=labels.size,
                                     n_cols=num_classes, where="logits")
-    check_choice("method", method, METHODS)
-    check_choice("gradient", gradient, GRADIENTS)
+    PARAMETER_CHECKS["method"]("method", method)
+    PARAMETER_CHECKS["gradient"]("gradient", gradient)
     if needs_features(method, gradient) or features is not None:
         check_features_given(method, gradient, features)
         features = check_float_matrix(features, "features", n_rows=labels.size)
@@ -184,7 +173,7 @@ def score(labels, logits, features=None, *, method="epic", gradient="logits",
         max_total_drop_fraction=max_total_drop_fraction, cumulative=cumulative,
         label_smoothing=label_smoothing, neighbors=neighbors, dense_max=dense_max,
         num_classes=num_classes, random_state=random_state)
-    return _score(labels, logits_arr, features, params, active=active, history=history,
+    return score_checked(labels, logits_arr, features, params, active=active, history=history,
                   progress=progress, n_jobs=check_n_jobs(n_jobs))
 
 
@@ -195,21 +184,17 @@ SCORE_DEFAULTS = {name: p.default for name, p in inspect.signature(score).parame
                   and name not in ("active", "history", "progress", "n_jobs")}
 
 
-def needs_features(method, gradient):
-    """Whether this method/gradient pair reads penultimate features."""
-    return gradient == "last-layer" or method in FEATURE_METHODS
-
-
 def check_features_given(method, gradient, features):
     if features is None and needs_features(method, gradient):
-        why = f"method={method!r}" if method in FEATURE_METHODS else "gradient='last-layer'"
+        why = f"method={method!r}" if METHODS[method].needs_features \
+            else "gradient='last-layer'"
         raise GradscoreError(f"{why} needs features; got None")
 
 
 def check_history(method, history, n=None):
     """``method="trajectory"`` needs a history (of ``n`` rows, unless None);
     other methods take none."""
-    if method == "trajectory":
+    if METHODS[method].needs_history:
         if history is None:
             raise GradscoreError("method='trajectory' needs the run's history: earlier "
                                  "exports, the reference (the model before training) first "
@@ -230,29 +215,11 @@ def check_params(**given):
     if unknown:
         raise TypeError(f"score() got unexpected keyword argument(s): {', '.join(unknown)}")
     p = {**SCORE_DEFAULTS, **given}
-    out = dict(
-        method=check_choice("method", p["method"], METHODS),
-        gradient=check_choice("gradient", p["gradient"], GRADIENTS),
-        fraction=check_fraction("fraction", p["fraction"], low_open=True),
-        cluster_threshold=check_int("cluster_threshold", p["cluster_threshold"], minimum=0),
-        k=check_int("k", p["k"], minimum=1),
-        drop_fraction=None if p["drop_fraction"] is None else
-        check_fraction("drop_fraction", p["drop_fraction"]),
-        z_threshold=float(p["z_threshold"]),
-        max_drop_fraction=check_fraction("max_drop_fraction", p["max_drop_fraction"]),
-        max_total_drop_fraction=check_fraction("max_total_drop_fraction",
-                                               p["max_total_drop_fraction"]),
-        cumulative=check_choice("cumulative", p["cumulative"], CUMULATIVE_RULES),
-        label_smoothing=check_fraction("label_smoothing", p["label_smoothing"]),
-        neighbors=check_choice("neighbors", p["neighbors"], nb.backend_names()),
-        dense_max=check_int("dense_max", p["dense_max"], minimum=0),
-        num_classes=None if p["num_classes"] is None else
-        check_int("num_classes", p["num_classes"], minimum=1),
-        random_state=None if p["random_state"] is None else
-        check_int("random_state", p["random_state"]),
-    )
-    if out["method"] in CROSS_CLASS_METHODS:
-        check_cross_backend(out["method"], out["neighbors"])
+    # In the order of score()'s signature, each by its check in the registry.
+    out = {name: PARAMETER_CHECKS[name](name, p[name]) for name in SCORE_DEFAULTS}
+    method = METHODS[out["method"]]
+    if method.check is not None:
+        method.check(out)
     return out
 
 
@@ -264,8 +231,8 @@ def check_n_jobs(n_jobs):
     return n_jobs
 
 
-def _score(labels, logits, features, params, *, active=None, history=None, progress=False,
-           n_jobs=None):
+def score_checked(labels, logits, features, params, *, active=None, history=None,
+                  progress=False, n_jobs=None):
     """:func:`score` on validated input; ``params`` from :func:`check_params`.
 
     The data's way, in memory: partition by class -> (for methods that look
@@ -285,7 +252,7 @@ def _score(labels, logits, features, params, *, active=None, history=None, progr
     class_rows = [order[bounds[c]:bounds[c + 1]] for c in present]
     budgets = class_budgets(labels, active, params)
     votes = None
-    if params["method"] in CROSS_CLASS_METHODS:
+    if METHODS[params["method"]].cross_class:
         # The authors' rule scores every example; "survivors" only the kept ones.
         scored = np.ones(n, dtype=bool) if params["cumulative"] == "intersect" else active
         votes = cross_class_votes(labels, logits, features, scored, params, n_jobs=n_jobs,
@@ -322,7 +289,7 @@ def class_budgets(labels, active, params):
     -------
     budgets : ndarray of shape (n_classes,), int64, or None
     """
-    if params["method"] != "epic":
+    if not METHODS[params["method"]].medoid_budget:
         return None
     scored = labels if active is None or params["cumulative"] == "intersect" \
         else labels[active]

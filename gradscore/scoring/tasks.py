@@ -3,7 +3,7 @@
 :func:`score_class` is the one home of the per-class computation (gradients
 -> neighbours -> density -> selection -> caps) and the unit of parallel
 work. It is a plain function of one class's rows (:class:`ClassData`) and
-the run's parameters (one dict, from :func:`gradscore.pipeline.check_params`),
+the run's parameters (one dict, from :func:`gradscore.scoring.memory.check_params`),
 returning a small :class:`ClassOutcome` of arrays aligned with its input
 rows: no globals, no open files, everything picklable. The in-memory run
 (:func:`gradscore.score`), local threads and processes, and Dask workers all
@@ -19,20 +19,12 @@ import warnings
 
 import numpy as np
 
-from . import neighbors as nb
-from ._progress import progress_bar
-from .density import knn_density
-from .errors import GradscoreError, GradscoreWarning
-from .gradients import class_gradients
-from .io.partition import load_class
-from .result import ClassReport, assemble_result
-from .selection import (apply_cap, drop_by_fraction, drop_by_robust_threshold, epic_class,
-                        limit_drops)
-from .selection.feature_space import spectral_scores
-
-#: Methods whose decisions come from votes over all classes (see
-#: :mod:`gradscore.crossclass`), computed before the per-class tasks.
-CROSS_CLASS_METHODS = ("deep-knn", "groups", "trajectory", "label-support")
+from .._progress import progress_bar
+from ..errors import GradscoreError, GradscoreWarning
+from ..io.partition import load_class
+from ..result import ClassReport, assemble_result
+from ..selection import apply_cap, limit_drops
+from .methods import METHODS
 
 
 @dataclass
@@ -49,12 +41,12 @@ class ClassData:
         Under ``cumulative="survivors"`` those rows are not scored.
     n_medoids : int or None
         EPIC's medoid budget for this class, from
-        :func:`gradscore.pipeline.class_budgets` (the budget is global, so it
+        :func:`gradscore.scoring.memory.class_budgets` (the budget is global, so it
         is computed over all classes first).
     votes : CrossClassVotes or None
         For the methods that look across classes (``deep-knn``, ``groups``):
         this class's rows of the votes computed over all classes first
-        (:func:`gradscore.crossclass.cross_class_votes`).
+        (:func:`gradscore.scoring.crossclass.cross_class_votes`).
     """
 
     label: int
@@ -115,7 +107,7 @@ def score_class(data, params):
     ----------
     data : ClassData
     params : dict
-        The run's parameters, from :func:`gradscore.pipeline.check_params`
+        The run's parameters, from :func:`gradscore.scoring.memory.check_params`
         with ``num_classes`` set. Methods that look across classes
         (``deep-knn``, ``groups``) need ``data.votes``.
 
@@ -126,21 +118,21 @@ def score_class(data, params):
     Examples
     --------
     >>> import numpy as np
-    >>> from gradscore.pipeline import check_params
-    >>> from gradscore.tasks import ClassData, score_class
+    >>> from gradscore.scoring.memory import check_params
+    >>> from gradscore.scoring.tasks import ClassData, score_class
     >>> rng = np.random.default_rng(0)
     >>> logits = rng.normal(size=(50, 3)).astype(np.float32)
     >>> out = score_class(ClassData(0, logits, n_medoids=10), check_params(num_classes=3))
     >>> out.scores.shape, out.drop.dtype
     ((50,), dtype('bool'))
     """
-    method, label = params["method"], int(data.label)
-    if method == "epic" and data.n_medoids is None:
+    method, label = METHODS[params["method"]], int(data.label)
+    if method.medoid_budget and data.n_medoids is None:
         raise GradscoreError(f"class {label}: EPIC needs the class's medoid budget "
                              "(ClassData.n_medoids, from class_budgets); got None")
-    if method in CROSS_CLASS_METHODS and data.votes is None:
-        raise GradscoreError(f"class {label}: method {method!r} decides from votes over "
-                             "all classes (gradscore.crossclass.cross_class_votes); "
+    if method.cross_class and data.votes is None:
+        raise GradscoreError(f"class {label}: method {method.name!r} decides from votes over "
+                             "all classes (gradscore.scoring.crossclass.cross_class_votes); "
                              "ClassData.votes is None")
     n = data.logits.shape[0]
     active = np.ones(n, dtype=bool) if data.active is None else np.asarray(data.active)
@@ -159,22 +151,18 @@ def score_class(data, params):
             outcome.messages.append(f"class {label} has {rows.size} example to score; "
                                     "it is kept unscored")
         return outcome
-    if method in CROSS_CLASS_METHODS:
+    if method.cross_class:
         report.k_used, report.neighbors = data.votes.k_used, data.votes.neighbors
         s, d = data.votes.agreement[rows], data.votes.drop[rows]
     else:
         # Canonical order within the class (by content, not input position).
-        with_features = method == "spectral" or params["gradient"] != "logits"
+        with_features = method.needs_features or params["gradient"] != "logits"
         order = canonical_order(data.logits[rows],
                                 data.features[rows] if with_features else None)
         rows = rows[order]
-        if method == "spectral":
-            s = spectral_scores(data.features[rows])
-            d = _density_rule(s, params)
-        else:
-            s, d, csize = _gradient_rule(data, rows, params, report, outcome.messages)
-            if csize is not None:
-                outcome.cluster_size[rows] = csize
+        s, d, csize = method.rule(data, rows, params, report, outcome.messages)
+        if csize is not None:
+            outcome.cluster_size[rows] = csize
     flagged, report.cap_hit = apply_cap(d, s, params["max_drop_fraction"])
     new = flagged & active[rows]
     # The cumulative cap: drops before plus new drops stay within the limit.
@@ -187,44 +175,6 @@ def score_class(data, params):
     outcome.flagged[rows] = flagged
     outcome.drop[rows] = new
     return outcome
-
-
-def _density_rule(s, params):
-    if params["drop_fraction"] is not None:
-        return drop_by_fraction(s, params["drop_fraction"])
-    return drop_by_robust_threshold(s, params["z_threshold"])
-
-
-def _gradient_rule(data, rows, params, report, messages):
-    """EPIC or knn-density on the class's gradients: ``(scores, drop, cluster_size)``."""
-    label, method = report.label, params["method"]
-    k_c = min(params["k"], rows.size - 1)
-    if k_c < params["k"]:
-        messages.append(f"class {label} has {rows.size} examples, too few for "
-                        f"k={params['k']}; using k={k_c}")
-    report.k_used = k_c
-    grads = class_gradients(
-        np.full(rows.size, label, dtype=np.int64), data.logits[rows],
-        None if data.features is None else data.features[rows],
-        gradient=params["gradient"], num_classes=params["num_classes"],
-        label_smoothing=params["label_smoothing"])
-    if method != "epic":
-        _, knn_d2, report.neighbors = nb.kneighbors(
-            grads, k_c, backend=params["neighbors"], random_state=params["random_state"])
-        s = knn_density(knn_d2)
-        return s, _density_rule(s, params), None
-    if data.n_medoids == 0:
-        messages.append(f"class {label} got no EPIC medoid (the budget int(fraction * N) "
-                        "is spread too thin); it is kept")
-        _, knn_d2, report.neighbors = nb.kneighbors(
-            grads, k_c, backend=params["neighbors"], random_state=params["random_state"])
-        return knn_density(knn_d2), np.zeros(rows.size, dtype=bool), None
-    res, knn_d2, report.neighbors = epic_class(
-        grads, n_medoids=data.n_medoids, cluster_threshold=params["cluster_threshold"],
-        k=k_c, neighbors=params["neighbors"], dense_max=params["dense_max"],
-        random_state=params["random_state"])
-    report.epic_mode, report.n_medoids = res.mode, int(res.medoids.size)
-    return knn_density(knn_d2), res.drop, res.cluster_size
 
 
 def score_spilled_class(slices, active, n_medoids, params, votes=None):

@@ -58,7 +58,7 @@ class EpicResult:
         Size of the cluster each row belongs to.
     drop : ndarray of shape (n,), bool
     mode : str
-        ``"dense"`` or ``"sparse"``.
+        ``"dense"`` (the kernel matrix held) or ``"exact"`` (its values recomputed).
     """
 
     medoids: np.ndarray

@@ -33,6 +33,7 @@ import numpy as np
 
 from .._validation import check_fraction, check_int, check_labels
 from ..errors import GradscoreError
+from ..heads import fit_without
 from .feature_space import deep_knn_agreement
 
 #: Default drop threshold on the support (see docs/audit.md for the measurement).
@@ -107,8 +108,6 @@ def label_support(labels, features, *, k=20, threshold=THRESHOLD, alpha=1e-3,
 def _label_support(labels, features, nbr_idx, *, num_classes, threshold=THRESHOLD,
                    alpha=1e-3):
     """:func:`label_support` from precomputed neighbours (inputs valid)."""
-    from ..audit.probe import fit_without
-
     share, _ = deep_knn_agreement(labels, nbr_idx, num_classes)
     suspect = share <= SUSPECT_SHARE
     p = share.copy()            # nobody left to fit a head on: the vote alone

@@ -25,7 +25,7 @@ from gradscore.audit import cross_fit_probe, open_source  # noqa: E402
 from gradscore.audit.decode import BadImage, decode, image_spec, open_image  # noqa: E402
 from gradscore.audit.export import NEAR_CHANCE, head_agreement  # noqa: E402
 from gradscore.audit.probe import stratified_folds  # noqa: E402
-from gradscore.pipeline import SCORE_DEFAULTS  # noqa: E402
+from gradscore.scoring.memory import SCORE_DEFAULTS  # noqa: E402
 from gradscore_cli.main import main as cli  # noqa: E402
 
 import audit_data as AD  # noqa: E402

@@ -17,9 +17,10 @@ from click.testing import CliRunner  # noqa: E402
 
 import gradscore  # noqa: E402
 from gradscore import GradscoreError  # noqa: E402
-from gradscore.report import audit, image_shape_of  # noqa: E402
+from gradscore.audit import audit  # noqa: E402
+from gradscore.report import image_shape_of  # noqa: E402
 from gradscore_cli.main import main as cli  # noqa: E402
-from test_onnx_extract import build_digits_model, linear_model, save  # noqa: E402
+from onnx_models import build_digits_model, linear_model, save  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -6,13 +6,10 @@ each poison of the batch must equal what a fresh ART attack makes of that
 base alone.
 """
 
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("art")

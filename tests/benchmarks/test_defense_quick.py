@@ -8,12 +8,10 @@ success rate: that is what the benchmark measures, not a property of the code.
 import json
 import math
 import os
-import sys
 
 import pytest
 
 # benchmarks/ is a folder of the repository, not an installed package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytest.importorskip("torch")
 pytest.importorskip("art")

@@ -4,13 +4,10 @@ The signals are diagnostics of the defence benchmark; these tests check that
 they measure what their docstrings say, on data whose answer is known.
 """
 
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytest.importorskip("sklearn")
 

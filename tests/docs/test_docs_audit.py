@@ -23,9 +23,9 @@ from click.testing import CliRunner  # noqa: E402
 from gradscore_cli.main import main as cli  # noqa: E402
 
 import audit_data as AD  # noqa: E402
+from conftest import DOCS  # noqa: E402
 
-PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
-                    "audit.md")
+PAGE = os.path.join(DOCS, "audit.md")
 _FENCE = re.compile(r"^```(\S*)\s*$")
 
 

@@ -19,7 +19,7 @@ import warnings
 
 import pytest
 
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+from conftest import DOCS  # noqa: E402
 PAGES = ["pytorch.md", "keras.md", "numpy-jax.md", "lightning.md", "huggingface.md",
          "scaling.md"]
 

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 

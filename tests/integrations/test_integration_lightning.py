@@ -18,7 +18,7 @@ from gradscore import GradscoreError  # noqa: E402
 from gradscore.integrations.lightning import GradscoreCallback  # noqa: E402
 from gradscore.schedule import DropSchedule  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lightning_digits import DigitsModule, digits_set, trainer  # noqa: E402
 
 N = 600
@@ -97,7 +97,7 @@ def test_checkpoint_of_another_schedule_is_refused(tmp_path):
 
 def test_ddp_two_cpu_processes(tmp_path):
     """The real DDP strategy (gloo, 2 processes): shards, rank-0 scoring, all ranks reload."""
-    script = os.path.join(os.path.dirname(__file__), "lightning_digits.py")
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lightning_digits.py")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, script, str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=300)

@@ -5,14 +5,11 @@ holds or raises GradscoreError; any other exception, or different data,
 fails the test.
 """
 
-import os
-import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 # benchmarks/ is a folder of the repository, not an installed package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import fuzz_reader as F  # noqa: E402
 
 

@@ -10,33 +10,10 @@ import pytest
 import gradscore
 from gradscore.errors import GradscoreError
 from gradscore.io.partition import join_indexes, load_class, read_index, spill_shard
-from gradscore.pipeline import check_params
-from gradscore.tasks import ClassData, score_class
+from gradscore.scoring.memory import check_params
+from gradscore.scoring.tasks import ClassData, score_class
 
-from conftest import make_data
-
-
-def write_shards(folder, *, n=900, c=5, d=6, n_shards=3, dtype=np.float32, seed=0,
-                 str_ids=False, linear=False):
-    """An export in interleaved shards with shuffled ids (as DistributedSampler writes)."""
-    labels, logits, feats = make_data(n=n, c=c, d=d, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    ids = rng.permutation(n) * 7 + 3
-    if str_ids:
-        ids = np.array([f"img-{i:06d}" for i in ids], dtype=object)
-    w, b = rng.normal(size=(c, d)), rng.normal(size=c)
-    paths = []
-    for r in range(n_shards):
-        p = np.arange(r, n, n_shards)
-        path = os.path.join(folder, f"shard-{r}.h5")
-        if linear:
-            gradscore.write_epoch(path, labels=labels[p], features=feats[p], weight=w, bias=b,
-                                  ids=ids[p], dtype=dtype, epoch=4)
-        else:
-            gradscore.write_epoch(path, labels=labels[p], logits=logits[p], features=feats[p],
-                                  ids=ids[p], dtype=dtype, epoch=4)
-        paths.append(path)
-    return paths, ids
+from conftest import make_data, write_shards
 
 
 def run_both(tmp_path, paths, **params):

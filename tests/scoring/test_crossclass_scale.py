@@ -14,7 +14,7 @@ import gradscore
 from gradscore.errors import GradscoreError
 from gradscore.neighbors._cross import ClassInput, cross_neighbors
 
-from test_groups import poisoned_blobs
+from conftest import blob_shards, poisoned_blobs
 
 
 def _brute(x, y, k):
@@ -108,21 +108,6 @@ def test_unsupported_backend_is_refused_with_the_way_out():
     x, y, _ = poisoned_blobs(seed=0)
     with pytest.raises(GradscoreError, match="'neighbors' must be 'auto' or 'brute'"):
         gradscore.score(y, 3.0 * np.eye(3)[y], x, method="groups", neighbors="nndescent")
-
-
-def blob_shards(folder, *, seed=0, n_shards=3, dtype=np.float32):
-    """poisoned_blobs as an export in interleaved shards with shuffled ids."""
-    x, y, is_p = poisoned_blobs(seed=seed, n_per=300)
-    rng = np.random.default_rng(seed)
-    ids = rng.permutation(y.size) * 3 + 1
-    logits = 3.0 * np.eye(3)[y] + rng.normal(size=(y.size, 3))
-    paths = []
-    for r in range(n_shards):
-        p = np.arange(r, y.size, n_shards)
-        paths.append(str(folder / f"shard-{r}.h5"))
-        gradscore.write_epoch(paths[-1], labels=y[p], logits=logits[p], features=x[p],
-                              ids=ids[p], dtype=dtype, epoch=3)
-    return paths, ids, is_p
 
 
 @pytest.fixture(params=["exact", "cells"])

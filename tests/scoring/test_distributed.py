@@ -14,7 +14,7 @@ import gradscore
 from gradscore.errors import GradscoreError
 from gradscore_cli.main import main as cli
 
-from test_partition import write_shards
+from conftest import blob_shards, write_shards
 
 distributed = pytest.importorskip("distributed")
 
@@ -161,7 +161,6 @@ def test_cross_class_methods_on_the_cluster_match_in_memory(tmp_path, client, me
     # Over small k-means cells, so that the approximate search's tasks run
     # on the workers too (the exact search is the same tasks with every cell).
     import gradscore.neighbors._cross as cross
-    from test_crossclass_scale import blob_shards
 
     monkeypatch.setattr(cross, "EXACT_MAX_MACS", 0)
     monkeypatch.setattr(cross, "CELL_SIZE", 64)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy.cluster.hierarchy import linkage
 
+from conftest import FIXTURES, poisoned_blobs
 from gradscore.gradients import DenseGradients
 from gradscore.neighbors import brute_kneighbors
 from gradscore.selection.groups import foreign_groups, single_linkage, tree_edges
@@ -21,24 +22,6 @@ def test_single_linkage_matches_scipy_on_the_full_graph():
     z = linkage(x, method="single")
     np.testing.assert_allclose(height, z[:, 2], rtol=1e-10)
     np.testing.assert_array_equal(size, z[:, 3].astype(int))
-
-
-def poisoned_blobs(seed=0, n_per=200, d=16, group=15, singles=3):
-    """Three classes of blobs; a tight group labelled 0 sitting inside class 1
-    (clean-label poisons collided on a target of class 1), and a few single
-    examples labelled 2 lying among class 0 (dirty-label poisons)."""
-    rng = np.random.default_rng(seed)
-    centres = 6.0 * np.eye(3, d)
-    x = np.concatenate([c + rng.normal(size=(n_per, d)) for c in centres])
-    y = np.repeat(np.arange(3), n_per)
-    target = centres[1] + 0.5 * rng.normal(size=d)
-    g = target + 0.05 * rng.normal(size=(group, d))
-    s = centres[0] + rng.normal(size=(singles, d))
-    x = np.concatenate([x, g, s])
-    y = np.concatenate([y, np.zeros(group, int), np.full(singles, 2)])
-    is_p = np.zeros(y.size, bool)
-    is_p[3 * n_per:] = True
-    return x, y, is_p
 
 
 def run_all_classes(x, y, k=20):
@@ -136,7 +119,7 @@ def test_cli_groups_catches_the_fixtures_feature_collision_poisons(tmp_path):
     from click.testing import CliRunner
     from gradscore_cli.main import main
     import gradscore
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+    here = FIXTURES
     poisons = set(json.load(open(os.path.join(here, "digits_poisons.json")))["poison_ids"])
     out = tmp_path / "keep.txt"
     res = CliRunner().invoke(main, ["score", os.path.join(here, "digits_epoch.h5"), "--method",

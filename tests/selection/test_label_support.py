@@ -63,7 +63,7 @@ def backdoor(seed=0, trigger=1.5, n=400, poisons=24):
 
 
 def test_a_head_fitted_without_the_suspects_does_not_learn_the_trigger():
-    from gradscore.audit.probe import fit_without
+    from gradscore.heads import fit_without
     from gradscore.neighbors import kneighbors
     from gradscore.gradients import DenseGradients
     from gradscore.selection.feature_space import deep_knn_agreement
