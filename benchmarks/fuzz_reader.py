@@ -9,7 +9,7 @@ expected outcome is known (an error, or the original data with the edit
 applied); for flips and truncation it is the original data or an error.
 Any other exception, or data that differs from the expectation, is a
 failure. The test suite runs a bounded sample of these cases with
-hypothesis (tests/test_fuzz.py); this script runs many, each batch in a
+hypothesis (tests/io/test_fuzz.py); this script runs many, each batch in a
 child process, so that a crash of the HDF5 library itself (a signal) or a
 hang is counted too.
 

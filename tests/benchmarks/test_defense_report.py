@@ -2,17 +2,14 @@
 into the existing page without touching its complete tables."""
 
 import json
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.defense import report  # noqa: E402
 
 PAGE = "# Page\n\nintro\n\n## Results\n\n| complete table |\n\n## Later\n\ntext\n"
-FINDINGS = ("## Earlier\n\nnot this\n\n## Issue 19: attempts\n\neps 64: 1/4\n\n"
+FINDINGS = ("## Earlier\n\nnot this\n\n## Realistic settings: attempts\n\neps 64: 1/4\n\n"
             "## Other\n\nnot this either\n<!-- after-results -->\nnor this\n")
 
 
