@@ -85,7 +85,7 @@ def audit(model_path, data_path, report_dir, *, probe=False, method=DEFAULT_METH
     probe : bool, default=False
         Fit a cross-fitted logistic head on the model's features.
     method : str, default=DEFAULT_METHOD
-        Scoring method (:data:`gradscore.scoring.memory.METHODS`).
+        Scoring method (:data:`gradscore.scoring.methods.METHODS`).
     per_class : int, default=8
         Most suspicious examples shown per class.
     image_shape : tuple of int, default=None
