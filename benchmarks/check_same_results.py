@@ -14,7 +14,11 @@ the code before it:
 ``--n`` and ``--features`` size the synthetic export (default 20,000 x 64;
 the full check uses ``--n 120000 --features 512``). ``--no-dask`` skips the
 cluster; ``--gradient logits`` has epic and knn-density compare logits
-gradients instead of last-layer ones (much cheaper on wide exports). Exit status 1 when any hash differs from the file compared with.
+gradients instead of last-layer ones (much cheaper on wide exports).
+The hashes of the code before the scoring stages became one package are in
+``check_same_results.before.json`` (the defaults) and
+``check_same_results.before-120000x512.json`` (``--n 120000 --features 512
+--gradient logits``). Exit status 1 when any hash differs from the file compared with.
 """
 
 import argparse
