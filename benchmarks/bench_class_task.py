@@ -1,6 +1,6 @@
 """Cost of one per-class task, the unit the scale-out design multiplies.
 
-Times :func:`gradscore.tasks.score_class` on one synthetic class of the
+Times :func:`gradscore.scoring.tasks.score_class` on one synthetic class of the
 ImageNet shape (1,281 rows x 1,000 logits, the kernel matrix kept, 20%
 medoids), with ``--large`` also of the 1M x 10 shape (100,000 rows x 10
 logits: k-d tree and EPIC without the matrix) and with ``--shape N C`` of
@@ -28,13 +28,13 @@ import bench_score  # noqa: E402
 
 from gradscore import neighbors as nb  # noqa: E402
 from gradscore.gradients import class_gradients  # noqa: E402
-from gradscore.pipeline import check_params  # noqa: E402
-from gradscore.tasks import canonical_order as _canonical_order  # noqa: E402
+from gradscore.scoring.memory import check_params  # noqa: E402
+from gradscore.scoring.tasks import canonical_order as _canonical_order  # noqa: E402
 from gradscore.neighbors._dense import _similarity_and_knn, lower_gram  # noqa: E402
 from gradscore.selection.epic import epic_exact  # noqa: E402
 from gradscore.selection._exact import (BLOCK as EXACT_BLOCK, NO_STATS,  # noqa: E402
                                         exact_facility_location, kd_order)
-from gradscore.tasks import ClassData, score_class  # noqa: E402
+from gradscore.scoring.tasks import ClassData, score_class  # noqa: E402
 
 
 def cpu(func, repeat, first=None):

@@ -17,7 +17,7 @@ gather, keep-list), not the cluster's start.
 ``--cold`` instead measures what warming the first worker saves on workers
 that start with an empty numba cache (a fresh installation): a new
 2-worker cluster whose workers share a new, empty ``NUMBA_CACHE_DIR`` scores
-the export with and without :func:`gradscore.distributed.warm_up`, in
+the export with and without :func:`gradscore.scoring.dask.warm_up`, in
 alternation, ``--repeat`` times each.
 
     python benchmarks/bench_dask.py --n 1000000 --classes 10 --shards 8 --cold --write-docs
@@ -63,7 +63,7 @@ def cold(paths, a):
     import distributed
     import psutil
 
-    import gradscore.distributed as gd
+    import gradscore.scoring.dask as gd
 
     out_dir = os.path.join(HERE, "out")
     os.makedirs(out_dir, exist_ok=True)
@@ -71,7 +71,6 @@ def cold(paths, a):
     cpus = {True: [], False: []}
     for _ in range(a.repeat):
         for warm in (True, False):
-            gd.WARM_UP = warm
             with tempfile.TemporaryDirectory() as cache:
                 # Worker processes inherit this (LocalCluster's env= did not
                 # reach numba in them once this process had imported it).
@@ -84,15 +83,18 @@ def cold(paths, a):
                     client.wait_for_workers(2, timeout=120)
                     pids = list(client.run(os.getpid).values())
                     cpu0 = sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+                    # Without warm-up: the same tasks on the same workers, through
+                    # the client's executor (score_files warms up a client only).
+                    run_on = dict(client=client) if warm else \
+                        dict(executor=gd.client_executor(client))
                     wall, _ = timed(paths, os.path.join(out_dir, "dask-cold.keep.txt"),
-                                    client=client)
+                                    **run_on)
                     cpus[warm].append(sum(sum(psutil.Process(p).cpu_times()[:2])
                                           for p in pids) - cpu0)
                     walls[warm].append(wall)
                     if not os.listdir(cache):
                         raise RuntimeError("the workers did not use the new numba cache")
             print(f"warm-up={warm}: {wall:.1f} s", file=sys.stderr)
-    gd.WARM_UP = True
     lines = ["| first worker warmed | wall (median) | workers' CPU (median) | runs |",
              "|---|---|---|---|"]
     for warm in (True, False):

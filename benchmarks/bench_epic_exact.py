@@ -38,7 +38,7 @@ import gradscore  # noqa: E402
 from gradscore.gradients import DenseGradients, logit_gradients  # noqa: E402
 from gradscore.neighbors import similarity_and_knn  # noqa: E402
 from gradscore.selection import epic_from_similarity, medoid_budgets  # noqa: E402
-from gradscore.tasks import canonical_order  # noqa: E402
+from gradscore.scoring.tasks import canonical_order  # noqa: E402
 from bench_score import machine, write_docs as _write  # noqa: E402
 import synth  # noqa: E402
 

@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 import bench_score  # noqa: E402
 
 import gradscore  # noqa: E402
-from gradscore import api, tasks  # noqa: E402
+from gradscore.scoring import files, rules, tasks  # noqa: E402
 from gradscore.selection import epic as epic_mod  # noqa: E402
 from gradscore.io import partition  # noqa: E402
 import gradscore.neighbors as nb  # noqa: E402
@@ -37,17 +37,19 @@ import gradscore.neighbors as nb  # noqa: E402
 TIMES = defaultdict(float)
 
 WRAP = [
-    ("read", api, ["read_epoch", "read_index", "spill_piece"]),
+    ("read", files, ["read_epoch", "read_index", "spill_piece"]),
     ("read", partition, []),
     ("read", tasks, ["load_class"]),
-    ("gradients", tasks, ["class_gradients", "canonical_order"]),
+    ("gradients", rules, ["class_gradients"]),
+    ("gradients", tasks, ["canonical_order"]),
     ("neighbours", nb, ["kneighbors", "similarity_and_knn"]),
-    ("neighbours", tasks, ["knn_density"]),
+    ("neighbours", rules, ["knn_density"]),
     # EPIC's greedy (and, for classes that keep the kernel matrix, the pass
     # that fills it).
     ("selection", epic_mod, ["epic_exact"]),
-    ("selection", tasks, ["apply_cap", "drop_by_fraction", "drop_by_robust_threshold"]),
-    ("write", api, ["_write_keeplist_to", "_write_scores_to"]),
+    ("selection", tasks, ["apply_cap"]),
+    ("selection", rules, ["drop_by_fraction", "drop_by_robust_threshold"]),
+    ("write", files, ["_write_keeplist_to", "_write_scores_to"]),
 ]
 
 

@@ -24,7 +24,7 @@ Three writers are killed:
 The kill time is drawn uniformly over the part of a run that does the work
 (from when the child says it is ready, or from ``--from`` of the measured
 run time for ``score``, whose first part is Python's imports). The test
-suite runs a few trials of each (tests/test_crash.py); this script runs many:
+suite runs a few trials of each (tests/io/test_crash.py); this script runs many:
 
     python benchmarks/crash_trials.py --trials 100 --json out.json
 """

@@ -9,7 +9,7 @@ expected outcome is known (an error, or the original data with the edit
 applied); for flips and truncation it is the original data or an error.
 Any other exception, or data that differs from the expectation, is a
 failure. The test suite runs a bounded sample of these cases with
-hypothesis (tests/test_fuzz.py); this script runs many, each batch in a
+hypothesis (tests/io/test_fuzz.py); this script runs many, each batch in a
 child process, so that a crash of the HDF5 library itself (a signal) or a
 hang is counted too.
 
@@ -17,7 +17,7 @@ Amplification generators (:func:`amp_fixed_ids`, :func:`amp_vlen_ids`,
 :func:`amp_zero_bomb`, :func:`amp_parquet`, :func:`amp_parquet_dict_ids`)
 build files that are small on disk and huge once read;
 ``--amplification`` runs each through the CLI under an address-space limit
-and prints outcome, time and peak memory (tests/test_amplification.py runs
+and prints outcome, time and peak memory (tests/io/test_amplification.py runs
 the same in the suite; ``--issue-sizes`` builds issue 25's original files,
 ``--legit-rows N`` adds a legitimate export of N short ids).
 

@@ -17,7 +17,7 @@ import os
 import time
 
 import gradscore
-from gradscore.pipeline import _score, check_params
+from gradscore.scoring.memory import check_params, score_checked
 
 
 def timed(fn):
@@ -46,7 +46,7 @@ def main():
            "read_walls": [round(r[1], 2) for r in reads]}
     if not a.no_score:
         params = check_params(num_classes=ep.num_classes)
-        _, sw, sc = timed(lambda: _score(ep.labels, ep.logits, None, params, n_jobs=a.jobs))
+        _, sw, sc = timed(lambda: score_checked(ep.labels, ep.logits, None, params, n_jobs=a.jobs))
         out.update(score_wall_s=round(sw, 2), score_cpu_s=round(sc, 2), jobs=a.jobs)
     out["load"] = os.getloadavg()
     print(json.dumps(out))

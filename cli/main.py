@@ -7,7 +7,8 @@ import click
 import gradscore
 from gradscore import neighbors as nb
 from gradscore.gradients import GRADIENTS
-from gradscore.pipeline import CUMULATIVE_RULES, DENSE_MAX, METHODS
+from gradscore.scoring.memory import SCORE_DEFAULTS as D
+from gradscore.scoring.methods import CUMULATIVE_RULES, METHODS, cli_help
 
 from ._common import _Errors, _ManyValues, _show_warnings
 from .onnx_commands import register as _register_onnx
@@ -41,37 +42,35 @@ def main():
                    "score (higher = more typical), cluster_size, flagged, decision, "
                    "and for flagged rows suggested_label, suggestion_confidence, "
                    "signal.")
-@click.option("--method", type=click.Choice(METHODS), default="epic", show_default=True,
-              help="epic: drop examples left in tiny facility-location clusters "
-                   "(the paper's rule). knn-density: drop the least dense. trajectory: "
-                   "groups, plus the groups training pulled far towards their label "
-                   "(needs --history).")
-@click.option("--gradient", type=click.Choice(GRADIENTS), default="logits", show_default=True,
+@click.option("--method", type=click.Choice(list(METHODS)), default=D["method"],
+              show_default=True, help=cli_help())
+@click.option("--gradient", type=click.Choice(GRADIENTS), default=D["gradient"], show_default=True,
               help="logits: softmax(z) - onehot(y). last-layer: the full final-layer "
                    "weight and bias gradient (needs 'features').")
-@click.option("--fraction", type=float, default=0.2, show_default=True,
+@click.option("--fraction", type=float, default=D["fraction"], show_default=True,
               help="epic: medoids as a fraction of the scored examples, split over "
                    "classes by size (the paper uses 0.1-0.3).")
-@click.option("--cluster-threshold", type=int, default=1, show_default=True,
+@click.option("--cluster-threshold", type=int, default=D["cluster_threshold"], show_default=True,
               help="epic: drop examples in clusters of at most this size.")
-@click.option("-k", "--k", "k", type=int, default=20, show_default=True,
+@click.option("-k", "--k", "k", type=int, default=D["k"], show_default=True,
               help="Neighbours per example (density score, deep-knn and groups votes).")
-@click.option("--drop-fraction", type=float, default=None,
+@click.option("--drop-fraction", type=float, default=D["drop_fraction"],
               help="knn-density: drop this fraction of each class, least dense first "
                    "(default: a robust threshold, see --z-threshold).")
-@click.option("--z-threshold", type=float, default=3.0, show_default=True,
+@click.option("--z-threshold", type=float, default=D["z_threshold"], show_default=True,
               help="knn-density: drop scores below median - z * 1.4826 * MAD.")
-@click.option("--max-drop-fraction", type=float, default=0.5, show_default=True,
+@click.option("--max-drop-fraction", type=float, default=D["max_drop_fraction"], show_default=True,
               help="Never drop more than this fraction of a class in one run.")
-@click.option("--max-total-drop-fraction", type=float, default=0.5, show_default=True,
+@click.option("--max-total-drop-fraction", type=float, default=D["max_total_drop_fraction"],
+              show_default=True,
               help="With --previous: never let a class lose more than this fraction "
                    "over all rounds together.")
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+@click.option("--label-smoothing", type=float, default=D["label_smoothing"], show_default=True,
               help="Label smoothing used in training (changes the gradient's target).")
-@click.option("--neighbors", type=click.Choice(nb.backend_names()), default="auto",
+@click.option("--neighbors", type=click.Choice(nb.backend_names()), default=D["neighbors"],
               show_default=True,
               help="Neighbour search backend (deep-knn and groups: auto or brute).")
-@click.option("--dense-max", type=int, default=DENSE_MAX, show_default=True,
+@click.option("--dense-max", type=int, default=D["dense_max"], show_default=True,
               help="epic: classes up to this size keep the n x n kernel matrix "
                    "(faster, 8 n^2 bytes); larger ones recompute its values. Speed and "
                    "memory only: the decisions are the same.")
@@ -82,12 +81,12 @@ def main():
               help="For --method trajectory: earlier exports of the run, the reference "
                    "(the model before training, epoch 0) first; rows matched by id. Put "
                    "it after FILES (it takes every name up to the next option).")
-@click.option("--cumulative", type=click.Choice(CUMULATIVE_RULES), default="intersect",
+@click.option("--cumulative", type=click.Choice(CUMULATIVE_RULES), default=D["cumulative"],
               show_default=True,
               help="With --previous. intersect (the paper's rule): score every example, "
                    "keep those kept now and before. survivors: score only the examples "
                    "the previous keep-list kept.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=int, default=D["random_state"], show_default=True,
               help="Seed for randomised neighbour search and epic's budget rounding.")
 @click.option("-j", "--jobs", type=int, default=-1, show_default=True,
               help="Classes scored side by side in threads; -1: one per CPU core. "
@@ -136,7 +135,7 @@ def score(files, output, scores_path, method, gradient, fraction, cluster_thresh
     with _Errors():
         client = None
         if scheduler is not None or scheduler_file is not None:
-            from gradscore.distributed import connect
+            from gradscore.scoring.dask import connect
             client = connect(scheduler, scheduler_file=scheduler_file,
                              timeout=connect_timeout)
         try:

@@ -12,7 +12,7 @@ import click
 from gradscore.audit.decode import MAX_PIXELS
 from gradscore.audit.run import DEFAULT_METHOD
 from gradscore.gradients import GRADIENTS
-from gradscore.pipeline import METHODS
+from gradscore.scoring.methods import METHODS
 
 from gradscore.errors import GradscoreError
 
@@ -233,7 +233,7 @@ def register(main):
                   help="Folder for report.html, keep.txt, keep.json, scores.csv, export.h5.")
     @_model_options
     @_dataset_options
-    @click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD,
+    @click.option("--method", type=click.Choice(list(METHODS)), default=DEFAULT_METHOD,
                   show_default=True, help="Scoring method (see docs/audit.md).")
     @click.option("--gradient", type=click.Choice(GRADIENTS), default="logits",
                   show_default=True, help="Gradient to compare examples by.")

@@ -11,7 +11,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && "$root/$py" - "$root" <<'PY'
 import sys
-sys.path.insert(0, sys.argv[1] + "/tests")
+sys.path.insert(0, sys.argv[1] + "/tests/docs")
 from test_docs_code import parse
 blocks = parse(open(sys.argv[1] + "/docs/lightning.md", encoding="utf-8").read())
 ns = {"__name__": "docs_lightning"}

@@ -13,17 +13,17 @@ Stages, each in its own module:
     k-NN density score (higher = denser = more typical).
 ``gradscore.selection``
     EPIC facility-location clusters, density drop rules, the safety cap.
-``gradscore.tasks``
-    the per-class task (gradients -> neighbours -> density -> selection ->
-    caps) and the gather, in class order.
-``gradscore.crossclass``
-    votes over all classes, for the methods that look across classes.
-``gradscore.pipeline``
-    :func:`score`: parameters checked once, then the stages class by class.
-``gradscore.io.partition``, ``gradscore.distributed``
-    the out-of-core way for large exports: one pass into a class-partitioned
-    spill, then the same per-class tasks on threads, processes or a Dask
-    cluster.
+``gradscore.scoring``
+    the scoring stages, one package with two entry points (:func:`score`
+    in memory, :func:`score_files` from files): read -> partition by class
+    (in memory, or spilled to disk by ``gradscore.io.partition``) ->
+    cross-class votes -> one task per class -> gather -> keep-list, on
+    threads, an executor or a Dask cluster. Every fact about a method is in
+    its record in ``gradscore.scoring.methods``.
+``gradscore.heads``
+    multinomial logistic heads on features (the audit's probe, label-support).
+``gradscore.audit``, ``gradscore.report``
+    auditing a dataset through an ONNX encoder; HTML reports.
 """
 
 from ._version import __version__
@@ -31,8 +31,8 @@ from .errors import GradscoreError, GradscoreWarning
 from .io import (Epoch, EpochWriter, describe, keep_mask, read_epoch, read_keeplist,
                  write_epoch, write_keeplist, write_scores)
 from .result import ClassReport, ScoreResult
-from .pipeline import score
-from .api import score_files
+from .scoring.memory import score
+from .scoring.files import score_files
 from .schedule import DropSchedule
 
 __all__ = [

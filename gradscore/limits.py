@@ -30,6 +30,7 @@ gradscore.errors.GradscoreError: data.csv: column 'text' has 1 cell longer than 
 """
 
 import os
+import re
 
 import numpy as np
 
@@ -45,12 +46,46 @@ MAX_CELL_BYTES = 8 * 2**20
 ID_RULE = f"ids must be at most {MAX_ID_BYTES} bytes of UTF-8 each (schema v1, docs/schema.md)"
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30, "tib": 2**40}
+
+
+def parse_memory(value, *, name="max_memory"):
+    """Bytes from an int or a string such as ``'512M'``, ``'4GiB'``, ``'2.5G'``.
+
+    Decimal units (k, M, G, T, with or without B) are powers of 1000,
+    binary ones (KiB, MiB, GiB, TiB) powers of 1024.
+
+    Examples
+    --------
+    >>> parse_memory("4GiB"), parse_memory("1.5k"), parse_memory(100)
+    (4294967296, 1500, 100)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise GradscoreError(f"'{name}' must be a number of bytes or a size like '4G'; "
+                             f"got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        n = int(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
+        unit = m.group(2).lower() if m else None
+        if not m or unit not in _UNITS:
+            raise GradscoreError(f"'{name}' must be a number of bytes or a size like '4G', "
+                                 f"'512MiB'; got {value!r}")
+        n = int(float(m.group(1)) * _UNITS[unit])
+    if n < 1:
+        raise GradscoreError(f"'{name}' must be at least 1 byte; got {value!r}")
+    return n
+
+
 def max_cell_bytes(value=None):
     """The cell limit in bytes: :data:`MAX_CELL_BYTES` for None, else ``value``
     parsed as a size (an int, or ``'16MiB'``, ``'20M'``)."""
     if value is None:
         return MAX_CELL_BYTES
-    from .io.reader import parse_memory
     return parse_memory(value, name="max_cell_bytes")
 
 

@@ -21,12 +21,12 @@ import tempfile
 import numpy as np
 
 from ._validation import check_ids, check_int
-from .api import score_files as _score_files
+from .scoring.files import score_files as _score_files
 from .errors import GradscoreError
 from .history import align, read_past, reduce_export
 from .io._atomic import atomic_path
 from .io.keeplist import keep_mask, read_keeplist, write_keeplist
-from .pipeline import score as _score
+from .scoring.memory import score as _score
 
 #: Identifies a state file written by :class:`DropSchedule`.
 STATE_FORMAT = "gradscore-drop-schedule"

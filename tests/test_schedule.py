@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from gradscore.api import score_files
+from gradscore.scoring.files import score_files
 from gradscore.errors import GradscoreError
 from gradscore.io import read_keeplist, write_epoch, write_keeplist
-from gradscore.pipeline import score
+from gradscore.scoring.memory import score
 from gradscore.schedule import DropSchedule
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")

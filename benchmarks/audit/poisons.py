@@ -7,7 +7,7 @@ Usage::
 Reuses ``benchmarks.defense`` as it is: its data splits, its pre-trained
 network (trained on the split neither poisons nor targets come from), its
 targets (``benchmarks/defense/targets/<attack>.json``) and ART's crafting
-through ``run.load_or_craft``. Poisons are cached under
+through ``shared.load_or_craft``. Poisons are cached under
 ``benchmarks/out/audit/poisons/<attack>/``; each set's hash is checked against
 the one the defence benchmark recorded, so the audit measures the very
 poisons the training-loop benchmark measured.
@@ -28,6 +28,7 @@ if __package__ in (None, ""):
 from ..defense import config as C      # noqa: E402
 from ..defense import data as D        # noqa: E402
 from ..defense import run as R         # noqa: E402
+from ..defense import shared as S      # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -50,15 +51,15 @@ def encoder(dataset, *, seed=0, out=OUT):
     """The benchmark's pre-trained network for ``dataset`` (trained once, cached)."""
     os.makedirs(out, exist_ok=True)
     splits = D.load(dataset, seed=seed)
-    return splits, R.pretrained_model(splits, seed, "cpu", out)
+    return splits, S.pretrained_model(splits, seed, "cpu", out)
 
 
 def poisoned_set(attack, target, splits, pretrained, *, out=OUT, check=True):
     """``(x, y, poison_idx)``: the training set with ``target``'s poisons in place."""
     cfg = C.attack_config(attack)
-    xp, yp, idx, _ = R.load_or_craft(attack, cfg, splits, pretrained, target, "cpu", out)
+    xp, yp, idx, _ = S.load_or_craft(attack, cfg, splits, pretrained, target, "cpu", out)
     if check and target.get("poison_sha"):
-        got = R.poison_digest(xp, yp, idx)
+        got = S.poison_digest(xp, yp, idx)
         if got != target["poison_sha"]:
             raise RuntimeError(f"{attack} target {target['target']}: poisons hash {got}, the "
                                f"defence benchmark recorded {target['poison_sha']}")

@@ -23,7 +23,7 @@ One departure from ART, on purpose: each poison has its own learning rate.
 ART keeps a single ``self.learning_rate`` and carries its decays over from
 one poison to the next, so a poison's steps depend on the poisons crafted
 before it. For the first poison the two are the same computation
-(``tests/test_defense_frogs.py`` checks it against ART).
+(``tests/benchmarks/test_defense_frogs.py`` checks it against ART).
 """
 
 import numpy as np

@@ -27,7 +27,7 @@ import numpy as np
 import gradscore
 from gradscore import neighbors as nb
 from gradscore.gradients import DenseGradients
-from gradscore.tasks import canonical_order as _canonical_order
+from gradscore.scoring.tasks import canonical_order as _canonical_order
 
 from .signals import K, tree_nodes
 

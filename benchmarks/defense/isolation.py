@@ -36,7 +36,7 @@ import gradscore                     # noqa: E402
 from . import config as C            # noqa: E402
 from . import data as D              # noqa: E402
 from . import models as M            # noqa: E402
-from . import run as R               # noqa: E402
+from . import shared as S            # noqa: E402
 from . import victim as V            # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,7 +69,7 @@ def measure(model, x, y, is_poison, device, gradient):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.path.join(R.REPO, "benchmarks", "out", "defense"))
+    ap.add_argument("--out", default=os.path.join(S.REPO, "benchmarks", "out", "defense"))
     ap.add_argument("--targets-dir", default=os.path.join(HERE, "targets"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-targets", type=int, default=None)
@@ -88,10 +88,10 @@ def main(argv=None):
         cfg = C.attack_config(name)
         vc = cfg["victim"]
         splits = D.load(cfg["dataset"], seed=0)
-        pre = R.pretrained_model(splits, 0, args.device, args.out)
+        pre = S.pretrained_model(splits, 0, args.device, args.out)
         targets = json.load(open(tpath))["targets"][:args.max_targets]
         for t in targets:
-            xp, yp, idx, _ = R.load_or_craft(name, cfg, splits, pre, t, args.device, args.out)
+            xp, yp, idx, _ = S.load_or_craft(name, cfg, splits, pre, t, args.device, args.out)
             is_p = np.zeros(len(xp), bool)
             is_p[idx] = True
             run = V._Run(V.make_victim(pre, splits.num_classes, vc, t["seed"]), vc)
@@ -104,7 +104,7 @@ def main(argv=None):
             for grad in ("logits", "last-layer"):
                 rows.append(dict(attack=name, target=t["target"], when="end of training",
                                  gradient=grad, **measure(run.model, xp, yp, is_p, args.device, grad)))
-        R.log(f"isolation: {name} done ({len(targets)} targets)")
+        S.log(f"isolation: {name} done ({len(targets)} targets)")
     rows.sort(key=lambda r: C.ATTACK_ORDER.index(r["attack"]))
     with open(path, "w") as fh:
         json.dump(rows, fh, indent=1)

@@ -615,9 +615,9 @@ def _replication_section(replication):
 #: ``--partial`` writes its section between these markers of an existing page.
 PARTIAL_BEGIN = "<!-- partial results: begin (report.py --partial) -->"
 PARTIAL_END = "<!-- partial results: end -->"
-PARTIAL_TITLE = "Realistic Feature Collision and Gradient Matching (issue 19, partial)"
+PARTIAL_TITLE = "Realistic Feature Collision and Gradient Matching (partial)"
 #: FINDINGS.md's section shown in the partial section.
-PARTIAL_FINDINGS = "## Issue 19:"
+PARTIAL_FINDINGS = "## Realistic settings:"
 
 
 def findings_section(heading, path=None):
@@ -665,7 +665,7 @@ def partial_lines(out, attacks, *, planned, findings=None):
         f"{' '.join(os.path.relpath(o, REPO) for o in _outs(out))}`.",
         markdown_table(summary),
         "",
-        f"### Issue 19's targets for `{NEW_METHOD}` on these targets (computed)",
+        f"### The bar for `{NEW_METHOD}` on these targets (computed)",
         "",
         target_rule(),
         "",
@@ -731,7 +731,7 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None, replication=No
         "",
         *run_lines,
         "",
-        "To reproduce everything from scratch (issue 19's runs; `D` = `none epic-0.1 "
+        "To reproduce everything from scratch (`D` = `none epic-0.1 "
         "epic-0.2 epic-0.3 deep-knn groups trajectory spectral art-activation art-spectral`): "
         "`python -m benchmarks.defense.run --targets 25 --save-trajectory --defences D "
         "--attacks backdoor gradient-matching-35 bullseye-polytope gradient-matching "
@@ -780,7 +780,7 @@ def write_docs(out, summary, meta, *, targets_dir, docs_dir=None, replication=No
         "",
         *_isolation_section(out),
         "",
-        "## Issue 19's targets for the `trajectory` method (computed)",
+        "## The bar for the `trajectory` method (computed)",
         "",
         target_rule(),
         "",

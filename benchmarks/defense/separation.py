@@ -46,7 +46,7 @@ import gradscore                     # noqa: E402
 from . import config as C            # noqa: E402
 from . import data as D              # noqa: E402
 from . import models as M            # noqa: E402
-from . import run as R               # noqa: E402
+from . import shared as S            # noqa: E402
 from . import victim as V            # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -127,7 +127,7 @@ def _fresh_victim(name, t, splits, pre, out, device):
     """The poisoned set of target ``t`` and its victim before training."""
     cfg = C.attack_config(name)
     vc = cfg["victim"]
-    xp, yp, idx, _ = R.load_or_craft(name, cfg, splits, pre, t, device, out)
+    xp, yp, idx, _ = S.load_or_craft(name, cfg, splits, pre, t, device, out)
     is_p = np.zeros(len(xp), bool)
     is_p[idx] = True
     return xp, yp, is_p, V._Run(V.make_victim(pre, splits.num_classes, vc, t["seed"]), vc)
@@ -151,7 +151,7 @@ def start_logits(name, t, splits, pre, out, device):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.path.join(R.REPO, "benchmarks", "out", "defense"))
+    ap.add_argument("--out", default=os.path.join(S.REPO, "benchmarks", "out", "defense"))
     ap.add_argument("--targets-dir", default=os.path.join(HERE, "targets"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-targets", type=int, default=None)
@@ -169,7 +169,7 @@ def main(argv=None):
             continue
         cfg = C.attack_config(name)
         splits = D.load(cfg["dataset"], seed=0)
-        pre = R.pretrained_model(splits, 0, args.device, args.out)
+        pre = S.pretrained_model(splits, 0, args.device, args.out)
         for t in json.load(open(tpath))["targets"][:args.max_targets]:
             npz = os.path.join(args.out, "separation", f"{name}_{t['target']:03d}.npz")
             # The start, for signals.py's training-dynamics measure.
@@ -186,7 +186,7 @@ def main(argv=None):
                 np.savez_compressed(npz, labels=y, logits=lg, features=ft, is_poison=isp)
                 np.savez_compressed(start, logits=st)
             rows.append(dict(attack=name, target=t["target"], **measure(y, lg, ft, isp)))
-        R.log(f"separation: {name} done")
+        S.log(f"separation: {name} done")
     with open(path + ".tmp", "w") as fh:
         json.dump(rows, fh, indent=1)
     os.replace(path + ".tmp", path)

@@ -33,10 +33,9 @@ import tempfile
 import numpy as np
 
 from .._version import __version__
-from ..api import run_metadata, score_files, sha256_file
+from ..scoring.files import run_metadata, score_files, sha256_file
 from ..errors import GradscoreError
 from ..io import write_keeplist
-from ..tasks import CROSS_CLASS_METHODS
 from .decode import MAX_PIXELS, thumbnail
 from .export import content_of, extract_dataset, open_for_audit
 
@@ -93,7 +92,7 @@ def audit(model_path, data_path, report_dir, *, probe=False, method=DEFAULT_METH
     probe : bool, default=False
         Fit a cross-fitted logistic head on the model's features.
     method : str, default=DEFAULT_METHOD
-        Scoring method (:data:`gradscore.pipeline.METHODS`).
+        Scoring method (:data:`gradscore.scoring.methods.METHODS`).
     per_class : int, default=8
         Most suspicious examples shown per class.
     image_shape : tuple of int, default=None
@@ -127,9 +126,6 @@ def audit(model_path, data_path, report_dir, *, probe=False, method=DEFAULT_METH
         info = extract_dataset(model_path, data_path, staged[EXPORT], probe=probe,
                                random_state=random_state, work_dir=stage, progress=progress,
                                source=src, **extract_opts)
-        if method in CROSS_CLASS_METHODS:
-            # Votes over all classes are computed in memory (see gradscore.crossclass).
-            options.setdefault("spill", "never")
         result, epoch, _ = score_files(staged[EXPORT], output=staged[KEEP],
                                        scores_path=staged[SCORES], progress=progress,
                                        method=method, random_state=random_state, **options)

@@ -17,7 +17,6 @@ rows gets an error, not a ``MemoryError``.
 from dataclasses import dataclass, field
 import math
 import os
-import re
 
 import h5py
 import numpy as np
@@ -25,7 +24,7 @@ import numpy as np
 from .._threads import one_blas_thread
 from .._validation import check_finite, format_rows
 from ..errors import GradscoreError
-from ..limits import ID_RULE, MAX_ID_BYTES, check_id_bytes
+from ..limits import ID_RULE, MAX_ID_BYTES, check_id_bytes, parse_memory
 from . import schema as S
 
 
@@ -275,41 +274,6 @@ def _small_attr(obj, name, path):
 #: Bytes of one id held in memory: int64, or a Python str object (an
 #: estimate: CPython's str header is 49 bytes, plus the text and a pointer).
 _ID_BYTES = {"int": 8, "str": 96, None: 8}
-
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
-          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20,
-          "gib": 2**30, "tib": 2**40}
-
-
-def parse_memory(value, *, name="max_memory"):
-    """Bytes from an int or a string such as ``'512M'``, ``'4GiB'``, ``'2.5G'``.
-
-    Decimal units (k, M, G, T, with or without B) are powers of 1000,
-    binary ones (KiB, MiB, GiB, TiB) powers of 1024.
-
-    Examples
-    --------
-    >>> parse_memory("4GiB"), parse_memory("1.5k"), parse_memory(100)
-    (4294967296, 1500, 100)
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise GradscoreError(f"'{name}' must be a number of bytes or a size like '4G'; "
-                             f"got {value!r}")
-    if isinstance(value, (int, np.integer)):
-        n = int(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
-        unit = m.group(2).lower() if m else None
-        if not m or unit not in _UNITS:
-            raise GradscoreError(f"'{name}' must be a number of bytes or a size like '4G', "
-                                 f"'512MiB'; got {value!r}")
-        n = int(float(m.group(1)) * _UNITS[unit])
-    if n < 1:
-        raise GradscoreError(f"'{name}' must be at least 1 byte; got {value!r}")
-    return n
-
 
 def available_memory():
     """Memory this process may still take, in bytes: ``MemAvailable`` from

@@ -1,4 +1,4 @@
-"""Kernels of the cross-class neighbour search (:mod:`gradscore.crossclass`).
+"""Kernels of the cross-class neighbour search (:mod:`gradscore.scoring.crossclass`).
 
 Cells are k-means cells of one class's features; a search scans a block
 of query rows against whole cells with one BLAS product per (query cell,

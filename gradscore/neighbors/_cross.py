@@ -514,8 +514,8 @@ class CrossNeighbors:
     sqdist : ndarray of shape (N, k_all), float32
     own : dict
         ``label -> (rows, indices, sqdist)``: the class's rows (ascending)
-        and their ``k_own`` nearest rows of the class.
-    k_all, k_own : int
+        and their nearest rows of the class (``min(k, n_class - 1)`` each).
+    k_all : int
     method : str
         ``"exact"`` or ``"cells"``.
     """

@@ -18,6 +18,7 @@ from .._version import __version__
 from ..errors import GradscoreError
 from ..io._atomic import atomic_path
 from ..result import DROPPED
+from ..scoring.methods import METHODS
 from ._templates import render
 
 #: Classes drawn in the score-distribution grid; beyond this, those with
@@ -102,28 +103,9 @@ def _thumb(x, layout):
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-#: Per method: the scores' name (the plot's heading) and one sentence on what
-#: they are (the page's lead); methods not listed score k-NN density.
-SCORES = {
-    "deep-knn": ("Neighbours' share of the label",
-                 "Scores: the share of an example's k nearest neighbours (over all classes) "
-                 "that carry its label; <b>higher = more typical</b>."),
-    "groups": ("Neighbours' share of the label",
-               "Scores: the share of an example's k nearest neighbours (over all classes) "
-               "that carry its label, for members of a group judged foreign the share of "
-               "their label around the group; <b>higher = more typical</b>."),
-    "spectral": ("Minus the spectral score",
-                 "Scores: minus the squared projection of an example's centred features on "
-                 "its class's top singular vector; <b>higher = more typical</b>."),
-    "label-support": ("Label support",
-                      "Scores: label support, the mean of the share of an example's k nearest "
-                      "neighbours (over all classes) that carry its label and the probability "
-                      "a head fitted without the suspects gives its label; <b>higher = more "
-                      "typical</b>; examples below the threshold are dropped."),
-}
-DENSITY = ("Density score", "Scores: k-NN density in gradient space, <b>higher = denser = more "
-           "typical</b>; isolated examples (low scores, tiny EPIC clusters) are the likely "
-           "poisons.")
+def _method(result):
+    """The scored method's record (its score's name and meaning, its threshold line)."""
+    return METHODS[result.params.get("method", "epic")]
 
 
 def drop_thresholds(result, labels):
@@ -141,12 +123,11 @@ def drop_thresholds(result, labels):
     thresholds : dict of int to float or None
     meaning : str
     """
-    p = result.params
-    if p.get("method") == "label-support":
-        from ..selection.label_support import THRESHOLD
-        return ({c.label: THRESHOLD for c in result.classes},
-                f"label-support threshold {THRESHOLD}")
-    robust = p.get("method") == "knn-density" and p.get("drop_fraction") is None
+    p, method = result.params, _method(result)
+    if method.threshold_line == "fixed":
+        t = method.fixed_threshold
+        return ({c.label: t for c in result.classes}, f"{method.name} threshold {t}")
+    robust = method.threshold_line == "robust" and p.get("drop_fraction") is None
     out = {}
     for c in result.classes:
         rows = np.flatnonzero(labels == c.label)
@@ -200,7 +181,7 @@ def _distribution_plot(result, labels, thresholds, meaning):
         ax.tick_params(labelsize=7)
     handles, names = axes.ravel()[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside upper right", fontsize=8, ncols=2)
-    fig.suptitle(f"{SCORES.get(result.params.get('method'), DENSITY)[0]} per class "
+    fig.suptitle(f"{_method(result).score_name} per class "
                  f"(higher = more typical); dashed: {meaning}",
                  fontsize=10)
     return _png(fig)
@@ -289,7 +270,7 @@ def write_report(path, *, result, epoch, model_path=None, data_path=None,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         **_summary_context(result, epoch, model_path, data_path, info, summary),
         meaning=meaning, plot=_distribution_plot(result, labels, thresholds, meaning),
-        score_meaning=SCORES.get(result.params.get("method"), DENSITY)[1],
+        score_meaning=_method(result).score_meaning,
         per_class=per_class,
         suspicious=_suspicious_context(result, epoch, picks, inputs_for, layout,
                                        _names(summary), texts_for),

@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 
 from .._version import __version__
-from ..api import score_files
+from ..scoring.files import score_files
 from ..errors import GradscoreError
 from ..io._atomic import atomic_path
 from ..io.keeplist import read_keeplist

@@ -42,7 +42,6 @@ import numpy as np
 from numba import njit
 
 from .._vexp import exp_chunk
-from ..neighbors._dense import insert_knn
 from ._kernels import _pop, _push
 
 #: ``stats`` for :func:`exact_facility_location` that keeps no counters.

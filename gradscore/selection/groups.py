@@ -259,67 +259,11 @@ def _replay_merges(ei, ej, rows, loc, labels, ignore, nbr_idx, rev_ptr, rev_src,
     return drop, share, isolated, n_judged, n_foreign
 
 
-def judge_groups(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_classes,
-                 features=None, clump_voters=None, ignore=None, rev=None,
-                 max_group_fraction=MAX_GROUP_FRACTION, max_size=None):
-    """Groups of one class judged by the labels around them (one pass).
-
-    Parameters
-    ----------
-    class_rows : ndarray of shape (n,)
-        Rows of the voters (``labels``, ``nbr_idx``) that form the class,
-        in the order of ``knn_idx``.
-    labels : ndarray of shape (N,)
-        Labels of every voter (every class, examples still kept).
-    label : int
-        The class.
-    nbr_idx : ndarray of shape (N, k)
-        Every voter's k nearest other voters in feature space (all classes).
-    knn_idx, knn_d2 : ndarray of shape (n, k_c)
-        Neighbours within the class, as positions in ``class_rows``, and
-        squared distances: the graph the merge tree is built on. Or pass
-        ``tree_edges``' ``(ei, ej)`` as ``knn_idx`` with ``knn_d2=None``.
-    num_classes : int
-    features : ndarray of shape (N, d), default=None
-        Every voter's features. A group with no k-NN edge leaving it (a
-        clump of more than k near-identical rows) is then judged by the k
-        voters nearest its centre that are not members; without features
-        (or ``clump_voters``) such a clump is kept.
-    clump_voters : callable, default=None
-        Instead of ``features``: ``clump_voters(members, ignore, k)`` takes a
-        list of member-row arrays and returns, for each, the rows of the
-        ``k`` voters nearest the members' centre that are neither members
-        nor ``ignore``d (see :func:`nearest_to_centres`).
-    ignore : ndarray of shape (N,), bool, default=None
-        Voters whose votes do not count.
-    rev : tuple of ndarray, default=None
-        ``reverse_graph(nbr_idx)``, when the caller already has it.
-    max_group_fraction : float, default=0.5
-        Largest group judged, as a fraction of the class.
-    max_size : int, default=None
-        Largest group judged, in members; overrides ``max_group_fraction``.
-
-    Returns
-    -------
-    result : GroupsResult
-        Arrays follow ``class_rows``.
-    """
-    if clump_voters is None and features is not None:
-        clump_voters = in_memory_clump_voters(features)
-    res, clumps = _judge_tree(class_rows, labels, label, nbr_idx, knn_idx, knn_d2,
-                              num_classes=num_classes, ignore=ignore, rev=rev,
-                              max_group_fraction=max_group_fraction, max_size=max_size)
-    if clumps and clump_voters is not None:
-        ignore = np.zeros(labels.size, dtype=bool) if ignore is None else ignore
-        near = clump_voters([class_rows[m] for m in clumps], ignore, nbr_idx.shape[1])
-        _judge_clumps(res, clumps, near, labels, label, num_classes)
-    return res
-
-
 def _judge_tree(class_rows, labels, label, nbr_idx, knn_idx, knn_d2, *, num_classes,
                 ignore=None, rev=None, max_group_fraction=MAX_GROUP_FRACTION, max_size=None):
-    """:func:`judge_groups` without the clumps no edge leaves: ``(result, clumps)``,
-    ``clumps`` a list of member positions (in ``class_rows``), one per clump."""
+    """Groups of one class judged by the labels around them (one pass), except
+    the clumps no k-NN edge leaves: ``(result, clumps)``, ``clumps`` a list of
+    member positions (in ``class_rows``), one per clump, for :func:`_judge_clumps`."""
     n = class_rows.size
     if max_size is None:
         max_size = int(np.floor(max_group_fraction * n))
@@ -358,7 +302,7 @@ def _judge_clumps(res, clumps, near, labels, label, num_classes):
 
 
 def in_memory_clump_voters(features):
-    """``clump_voters`` for :func:`judge_groups` over features held in memory."""
+    """``clump_voters`` for :func:`foreign_groups` over features held in memory."""
     def voters(members, ignore, k):
         return nearest_to_centres(features, members, ignore, k)
     return voters
@@ -425,9 +369,15 @@ def foreign_groups(labels, nbr_idx, trees, *, num_classes, features=None, clump_
         Per class: its rows (in ``labels``) and its tree edges
         (:func:`tree_edges`, positions in ``rows``).
     features : ndarray of shape (N, d), default=None
-        For groups no k-NN edge leaves (see :func:`judge_groups`).
+        Every row's features. A group with no k-NN edge leaving it (a clump
+        of more than k near-identical rows) is then judged by the k rows
+        nearest its centre that are not members; without features (or
+        ``clump_voters``) such a clump is kept.
     clump_voters : callable, default=None
-        Instead of ``features`` (see :func:`judge_groups`); called once per
+        Instead of ``features``: ``clump_voters(members, ignore, k)`` takes a
+        list of member-row arrays and returns, for each, the rows of the
+        ``k`` voters nearest the members' centre that are neither members
+        nor ``ignore``d (see :func:`nearest_to_centres`); called once per
         pass with the clumps of every class.
 
     Returns

@@ -28,7 +28,7 @@ back its label has support above 1/4. For the suspects the head's
 probability is out of sample; for the others it is in sample (they trained
 it), which only raises their support further.
 
-Spilled and on a Dask cluster (:func:`gradscore.crossclass.spilled_cross_class_votes`)
+Spilled and on a Dask cluster (:func:`gradscore.scoring.crossclass.spilled_cross_class_votes`)
 the neighbour search runs on the workers and the head is fitted in the
 calling process on the scored rows' features read back from the spill, so
 the keep-list is the in-memory run's.
@@ -38,6 +38,8 @@ import numpy as np
 
 from .._validation import check_fraction, check_int, check_labels
 from ..errors import GradscoreError
+from ..heads import fit_without
+from ..review import softmax
 from .feature_space import deep_knn_agreement
 
 #: Default drop threshold on the support (see docs/audit.md for the measurement).
@@ -134,9 +136,6 @@ def _support_parts(labels, features, nbr_idx, *, num_classes, alpha=1e-3):
         None when every row is a suspect (nobody left to fit a head on:
         the vote alone then decides).
     """
-    from ..audit.probe import fit_without
-    from ..review import softmax
-
     share, _ = deep_knn_agreement(labels, nbr_idx, num_classes)
     suspect = share <= SUSPECT_SHARE
     if suspect.all():
