@@ -19,6 +19,7 @@ from .._validation import check_float_matrix, check_int, check_labels
 from ..errors import GradscoreError
 from .crossclass import cross_class_votes
 from ..selection import medoid_budgets
+from ..review import review_by_class
 from ..selection.epic import DENSE_MAX
 from .methods import METHODS, PARAMETER_CHECKS, needs_features
 from .tasks import ClassData, gather, score_class
@@ -277,7 +278,6 @@ def score_checked(labels, logits, features, params, *, active=None, history=None
             map(one, present, class_rows)
         result = gather(outcomes, class_rows, n=n, active=active, params=params,
                         progress=progress, total=len(present))
-    from .review import review_by_class
     result.attach_review(*review_by_class(
         labels, result.flagged, present, class_rows, lambda i: logits[class_rows[i]],
         num_classes=num_classes, signal=params["method"],
