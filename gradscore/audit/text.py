@@ -391,7 +391,10 @@ class TextBatcher:
                 f"embedding table ({enc.model_path}) has {enc.vocab_size} rows: this is not "
                 "the model's tokenizer (ids past the table would fail or read garbage); give "
                 "the tokenizer.json it was trained with (--tokenizer)")
-        trunc = (json.loads(tok.to_str()).get("truncation") or {}).get("max_length")
+        # The tokenizer's own settings, read once (before padding and
+        # truncation are set here).
+        spec = json.loads(tok.to_str())
+        trunc = (spec.get("truncation") or {}).get("max_length")
         if enc.max_length is not None:
             max_length, source = enc.max_length, "the model's input length"
         elif trunc:
@@ -412,8 +415,7 @@ class TextBatcher:
         tok.enable_truncation(max_length)
         tok.enable_padding(pad_id=pad_id, pad_token=pad_token)   # to each batch's longest
         self.max_length = max_length
-        model = json.loads(tok.to_str()).get("model") or {}
-        unk = model.get("unk_token")
+        unk = (spec.get("model") or {}).get("unk_token")
         self.unk_id = tok.token_to_id(unk) if isinstance(unk, str) else None
         self.n_tokens = self.n_unknown = 0
         self.info = {"tokenizer": tok_path, "vocab_size": vocab, "max_length": max_length,

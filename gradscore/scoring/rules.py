@@ -31,7 +31,7 @@ from ..neighbors._cross import nearest_to_centres_in_store
 from ..selection import drop_by_fraction, drop_by_robust_threshold, epic_class
 from ..selection.feature_space import deep_knn_agreement, spectral_scores
 from ..selection.groups import foreign_groups, tree_edges
-from ..selection.label_support import THRESHOLD, _support, _support_parts
+from ..selection.label_support import _label_support_parts
 from ..selection.trajectory import trajectory_drop
 
 
@@ -174,14 +174,13 @@ def trajectory_votes(v):
 def label_support_votes(v):
     """Label support: the mean of the neighbours' vote for the label and the
     probability a head fitted without the suspects gives it."""
-    share, prob = _support_parts(v.labels, v.scored_features(), v.idx,
-                                 num_classes=v.num_classes)
-    agreement = _support(v.labels, share, prob)
+    support, drop, share, prob = _label_support_parts(v.labels, v.scored_features(), v.idx,
+                                                      num_classes=v.num_classes)
     v.probs = prob
     v.signals.append(("neighbours", share <= 0.5))
     if prob is not None:
         v.signals.append(("head", prob[np.arange(v.labels.size), v.labels] < 0.5))
-    return agreement, agreement < THRESHOLD
+    return support, drop
 
 
 def _groups(v):

@@ -114,10 +114,18 @@ def label_support(labels, features, *, k=20, threshold=THRESHOLD, alpha=1e-3,
 def _label_support(labels, features, nbr_idx, *, num_classes, threshold=THRESHOLD,
                    alpha=1e-3):
     """:func:`label_support` from precomputed neighbours (inputs valid)."""
+    return _label_support_parts(labels, features, nbr_idx, num_classes=num_classes,
+                                threshold=threshold, alpha=alpha)[:2]
+
+
+def _label_support_parts(labels, features, nbr_idx, *, num_classes, threshold=THRESHOLD,
+                         alpha=1e-3):
+    """``(support, drop, share, prob)``: :func:`_label_support` with what it
+    was made of (:func:`_support_parts`), for the reviewer's signals."""
     share, prob = _support_parts(labels, features, nbr_idx, num_classes=num_classes,
                                  alpha=alpha)
     support = _support(labels, share, prob)
-    return support, support < threshold
+    return support, support < threshold, share, prob
 
 
 def _support(labels, share, prob):
